@@ -1,0 +1,204 @@
+"""Forward-gradient estimators: draw a guess, measure g.y by a JVP, write (g.y) y into .grad.
+
+No guessing method runs a backward pass through the network. The directional derivative
+g.y comes from forward-mode AD (`torch.func.jvp`); the scaled pre-activation guess becomes a
+weight update by the outer product with the layer's input x_i, what a single linear layer's
+backward would compute (paper A.4), written into ``.grad`` so any torch optimizer can step.
+
+Two modes for activation-space guesses:
+
+- ``global``: one JVP per example with every layer's pre-activation perturbed at once; each
+  layer's guess is scaled by the same per-example value sum_i g_i.y_i (the poster's numbers
+  are consistent with this);
+- ``per_layer``: one JVP per layer; layer i's guess is scaled by its own g_i.y_i.
+
+Weight-space guesses (directional descent) take one JVP per batch, over all weights in
+``global`` mode and one per layer's weights in ``per_layer`` mode.
+"""
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import guesses
+from .models import Trace
+
+MODES = ("global", "per_layer")
+
+
+@dataclass(frozen=True)
+class Method:
+    """How the estimators use a guess function."""
+
+    space: str  # "activations", "weights", or "exact" (backprop)
+    guess: Callable | None = None
+    needs_targets: bool = False  # the guess reads the labels (self-sharpening's last layer)
+    exact_last: bool = False  # the last layer's guess is its exact gradient, not JVP-scaled
+    needs_true_gradient: bool = False  # the guess reads the true gradient (matched cosine)
+
+
+METHODS = {
+    "backprop": Method("exact"),
+    "directional": Method("weights", guesses.directional_guess),
+    "matched_cosine": Method("weights", guesses.matched_cosine_guess, needs_true_gradient=True),
+    "activation_perturbation": Method("activations", guesses.activation_perturbation_guess),
+    "activation_mixing": Method("activations", guesses.activation_mixing_guess),
+    "w_transpose": Method("activations", guesses.w_transpose_guess),
+    "downstream": Method("activations", guesses.downstream_guess),
+    "self_sharpening": Method("activations", guesses.self_sharpening_guess,
+                              needs_targets=True, exact_last=True),
+    "singular_power": Method("activations", guesses.singular_power_guess),
+}
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; known modes: {', '.join(MODES)}")
+    return mode
+
+
+def per_example_loss(model, x: Tensor, targets: Tensor, perturbations=None) -> Tensor:
+    return F.cross_entropy(model(x, perturbations), targets, reduction="none")
+
+
+def preactivation_jvp(model, x: Tensor, targets: Tensor, tangents: list) -> Tensor:
+    """Per-example directional derivatives sum_i dloss_b/ds_i[b] . y_i[b], by one JVP.
+
+    ``tangents[i]`` is y_i (shaped like s_i) or None for a layer left unperturbed. Each
+    example's loss depends only on its own pre-activations, so one JVP of the vector of
+    per-example losses gives all B directional derivatives at once.
+    """
+    perturbed = [i for i, t in enumerate(tangents) if t is not None]
+
+    def loss_of(*deltas):
+        perturbations = [None] * len(tangents)
+        for i, delta in zip(perturbed, deltas):
+            perturbations[i] = delta
+        return per_example_loss(model, x, targets, perturbations)
+
+    primals = tuple(torch.zeros_like(tangents[i]) for i in perturbed)
+    with torch.no_grad():
+        _, derivative = torch.func.jvp(loss_of, primals, tuple(tangents[i] for i in perturbed))
+    return derivative
+
+
+def weight_jvp(model, x: Tensor, targets: Tensor, tangents: dict[str, Tensor]) -> Tensor:
+    """Directional derivative of the batch-mean loss along a weight direction: one JVP."""
+    names = list(tangents)
+    params = dict(model.named_parameters())
+
+    def loss_of(*weights):
+        logits = torch.func.functional_call(model, dict(zip(names, weights)), (x,))
+        return F.cross_entropy(logits, targets)
+
+    with torch.no_grad():
+        _, derivative = torch.func.jvp(loss_of, tuple(params[n].detach() for n in names),
+                                       tuple(tangents[n] for n in names))
+    return derivative
+
+
+def backprop_gradient(model, x: Tensor, targets: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """The true gradient of the batch-mean loss by autograd: for reference and metrics."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    with torch.enable_grad():
+        loss = F.cross_entropy(model(x), targets)
+        grads = torch.autograd.grad(loss, params)
+    return loss.detach(), list(grads)
+
+
+def write_linear_grad(layer, x_in: Tensor, grad_s: Tensor) -> None:
+    """dL/dW = sum over batch (and tokens) of grad_s x_in^T; dL/db = sum of grad_s."""
+    g = grad_s.reshape(-1, grad_s.shape[-1])
+    layer.weight.grad = g.T @ x_in.reshape(-1, x_in.shape[-1])
+    if layer.bias is not None:
+        layer.bias.grad = g.sum(0)
+
+
+def _per_example(values: Tensor, like: Tensor) -> Tensor:
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _activation_space_step(model, x, targets, method, mode, generator, options) -> Tensor:
+    trace = Trace()
+    with torch.no_grad():
+        loss = F.cross_entropy(model(x, trace=trace), targets)
+    if method.needs_targets:
+        options = {**options, "targets": targets}
+    ys = method.guess(model, trace, generator, **options)
+    n = len(ys)
+    perturbed = range(n - 1) if method.exact_last else range(n)
+    if mode == "global":
+        shared = preactivation_jvp(model, x, targets,
+                                   [ys[i] if i in perturbed else None for i in range(n)])
+        derivatives = {i: shared for i in perturbed}
+    else:
+        derivatives = {i: preactivation_jvp(model, x, targets,
+                                            [ys[i] if j == i else None for j in range(n)])
+                       for i in perturbed}
+    batch = x.shape[0]  # the loss is a batch mean: dL/ds_i[b] = dloss_b/ds_i[b] / B
+    for i, layer in enumerate(model.layers):
+        grad_s = ys[i] if i not in derivatives else _per_example(derivatives[i], ys[i]) * ys[i]
+        write_linear_grad(layer, trace.inputs[i], grad_s / batch)
+    return loss
+
+
+def _weight_space_step(model, x, targets, method, mode, generator, options) -> Tensor:
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    name_of = {id(p): n for n, p in named.items()}
+    if mode == "global":
+        groups = [list(named)]
+    else:
+        groups = [[name_of[id(p)] for p in layer.parameters() if id(p) in name_of]
+                  for layer in model.layers]
+    true = None
+    if method.needs_true_gradient:
+        loss, grads = backprop_gradient(model, x, targets)
+        true = dict(zip(named, grads))
+    else:
+        with torch.no_grad():
+            loss = F.cross_entropy(model(x), targets)
+    for names in groups:
+        params = [named[n].detach() for n in names]
+        extra = {"true_grads": [true[n] for n in names]} if true is not None else {}
+        direction = method.guess(params, generator, **options, **extra)
+        derivative = weight_jvp(model, x, targets, dict(zip(names, direction)))
+        for n, v in zip(names, direction):
+            named[n].grad = derivative * v
+    return loss
+
+
+def estimate_gradient(model, x: Tensor, targets: Tensor, method: str = "w_transpose",
+                      mode: str = "global", generator: torch.Generator | None = None,
+                      **options) -> Tensor:
+    """Write an estimate of d mean-cross-entropy / d weights into every ``.grad``.
+
+    ``method`` names an entry of `METHODS`; ``options`` go to its guess function (e.g.
+    ``k=2`` for ``downstream``, ``p=3`` for ``singular_power``, ``cosine=0.02`` for
+    ``matched_cosine``). Returns the batch loss before the step (detached).
+    """
+    spec = get_method(method)
+    check_mode(mode)
+    if spec.space == "exact":
+        if options:
+            raise TypeError(f"backprop takes no options, got {sorted(options)}")
+        model.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), targets)
+        loss.backward()
+        return loss.detach()
+    step = _activation_space_step if spec.space == "activations" else _weight_space_step
+    return step(model, x, targets, spec, mode, generator, options)
+
+
+def guessed_gradient(model, x, targets, method="w_transpose", mode="global", generator=None,
+                     **options) -> list[Tensor]:
+    """`estimate_gradient`, returning copies of the gradients in ``model.parameters()`` order."""
+    estimate_gradient(model, x, targets, method, mode, generator, **options)
+    return [p.grad.detach().clone() for p in model.parameters() if p.requires_grad]

@@ -1,0 +1,193 @@
+"""Gradient guesses: one short function per method of the paper.
+
+Two kinds of guess:
+
+- *activation-space* guesses return, per layer i and per example b, a guess y_i[b] for
+  dL/ds_i[b], the gradient with respect to the pre-activation s_i = W_i x_i (paper §2.1,
+  A.4). Signature ``guess(model, trace, generator, **options) -> list[Tensor]``, the i-th
+  tensor shaped like ``trace.preactivations[i]``. Unless a method says otherwise the last
+  layer gets a random normal guess.
+- *weight-space* guesses return a direction over the weights themselves
+  (``guess(params, generator, **options) -> list[Tensor]``, shaped like ``params``).
+
+A guess never sees the label or the loss, except the two methods that use them on purpose
+(self-sharpening's last layer and matched-cosine directional descent), which say so.
+Models follow the protocol of `gradguess.models` (``model.layers``, a `Trace`).
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def relu_mask(s: Tensor) -> Tensor:
+    """d ReLU(s) / ds as a 0/1 tensor: the units a gradient can flow through."""
+    return (s > 0).to(s.dtype)
+
+
+def _normal_like(t: Tensor, generator) -> Tensor:
+    return torch.randn(t.shape, generator=generator, device=t.device, dtype=t.dtype)
+
+
+def _pull_back(model, trace, v: Tensor, start: int, stop: int, weights=None) -> Tensor:
+    """Carry a vector v at s_start back to s_stop (stop < start) through the layers between.
+
+    Each step multiplies by W_j^T and then by the ReLU mask of s_{j-1}: the chain rule for
+    dL/ds, with v standing in for the unknown gradient at s_start. ``weights`` may replace
+    W_j by another matrix (used by the singular-value experiment).
+    """
+    for j in range(start, stop, -1):
+        w = model.layers[j].weight if weights is None else weights[j]
+        v = (v @ w) * relu_mask(trace.preactivations[j - 1])
+    return v
+
+
+# --- activation-space guesses ------------------------------------------------------------
+
+def activation_perturbation_guess(model, trace, generator) -> list[Tensor]:
+    """Activation perturbation (Ren et al. 2022; paper A.4): y_i ~ N(0, I) for every layer.
+
+    Unbiased: Cov(y) = I, so E[(g.y) y] = g.
+    """
+    return [_normal_like(s, generator) for s in trace.preactivations]
+
+
+def activation_mixing_guess(model, trace, generator) -> list[Tensor]:
+    """Activation mixing (paper §2.2, A.4).
+
+    y_i[b] = mask(s_i[b]) * sum_c alpha[b, c] x_{i+1}[c],  alpha ~ N(0, 1),
+
+    a random combination of the batch's post-activations x_{i+1} = ReLU(s_i), times the
+    example's ReLU mask, normalised per example to the norm sqrt(d_i) of an N(0, I) guess
+    so that every layer weighs alike in a global JVP. The last layer (no activations to
+    mix) gets a random normal guess.
+    """
+    guesses = []
+    for s in trace.preactivations[:-1]:
+        batch = s.shape[0]
+        alpha = torch.randn((batch, batch), generator=generator, device=s.device, dtype=s.dtype)
+        mixed = torch.einsum("bc,c...->b...", alpha, torch.relu(s)) * relu_mask(s)
+        norm = mixed.flatten(1).norm(dim=1).clamp_min(1e-12)
+        scale = math.sqrt(s[0].numel()) / norm
+        guesses.append(mixed * scale.view(-1, *([1] * (s.dim() - 1))))
+    guesses.append(_normal_like(trace.preactivations[-1], generator))
+    return guesses
+
+
+def w_transpose_guess(model, trace, generator) -> list[Tensor]:
+    """W^T (paper §2.1, A.4): y_i = mask(s_i) * (W_{i+1}^T eps),  eps ~ N(0, I).
+
+    The guess lies in the range of W_{i+1}^T restricted to the active units, where the
+    true dL/ds_i = mask(s_i) * W_{i+1}^T dL/ds_{i+1} lies too. Biased: Cov(y) =
+    D W^T W D with D = diag(mask) (A.1). Last layer: random normal.
+    """
+    pre = trace.preactivations
+    guesses = [_pull_back(model, trace, _normal_like(pre[i + 1], generator), i + 1, i)
+               for i in range(len(pre) - 1)]
+    return guesses + [_normal_like(pre[-1], generator)]
+
+
+def downstream_guess(model, trace, generator, k: int = 1) -> list[Tensor]:
+    """k-layer downstream, "partial backpropagation" (paper §2.1, A.4, Fig. 5).
+
+    A random normal vector placed at x_{i+k+1} = ReLU(s_{i+k}) is pulled back through the
+    next k layers, their masks and weights: y_i = d x_{i+k+1}/d s_i ^T eps. k = 1 is W^T with
+    the next layer's mask added. Where fewer than k layers follow, eps sits at the logits.
+    Last layer: random normal.
+    """
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"downstream_guess needs an integer k >= 1, got k={k!r}")
+    pre = trace.preactivations
+    last = len(pre) - 1
+    guesses = []
+    for i in range(last):
+        j = min(i + k, last)
+        eps = _normal_like(pre[j], generator)
+        if j < last:
+            eps = eps * relu_mask(pre[j])
+        guesses.append(_pull_back(model, trace, eps, j, i))
+    return guesses + [_normal_like(pre[-1], generator)]
+
+
+def error_vector(logits: Tensor, targets: Tensor) -> Tensor:
+    """softmax(logits) - onehot(targets): the exact d loss_b / d logits_b of cross-entropy."""
+    return torch.softmax(logits, dim=-1) - F.one_hot(targets, logits.shape[-1]).to(logits.dtype)
+
+
+def self_sharpening_guess(model, trace, generator, targets: Tensor, low: float = 0.0,
+                          high: float = 1.0) -> list[Tensor]:
+    """Self-sharpening (paper §3, A.4, Table 1): 1-layer downstream with uniform guesses.
+
+    Hidden layers: as `downstream_guess` with k = 1 but eps ~ U[low, high) (torch.rand,
+    U[0, 1), by default: "random uniform" as PyTorch code most plainly writes it; its
+    non-zero mean is one more source of bias). The last layer gets the true error vector
+    softmax - onehot, which the estimators use as that layer's exact gradient (not scaled
+    by a JVP): this method uses the label on purpose.
+    """
+    if not high > low:
+        raise ValueError(f"self_sharpening_guess needs high > low, got low={low}, high={high}")
+    pre = trace.preactivations
+    last = len(pre) - 1
+    guesses = []
+    for i in range(last):
+        j = min(i + 1, last)
+        eps = low + (high - low) * torch.rand(pre[j].shape, generator=generator,
+                                              device=pre[j].device, dtype=pre[j].dtype)
+        if j < last:
+            eps = eps * relu_mask(pre[j])
+        guesses.append(_pull_back(model, trace, eps, j, i))
+    return guesses + [error_vector(pre[-1], targets)]
+
+
+def singular_power_guess(model, trace, generator, p: float = 1.0) -> list[Tensor]:
+    """W^T with W's singular values raised to the power p (paper §3, Fig. 4).
+
+    With W_{i+1} = U S V^T, y_i = mask(s_i) * (U S^p V^T)^T eps, eps ~ N(0, I). p = 1 is W^T;
+    larger p lets a few singular directions dominate the guess. Last layer: random normal.
+    """
+    if not p > 0:
+        raise ValueError(f"singular_power_guess needs p > 0, got p={p!r}")
+    weights = []
+    for layer in model.layers:
+        u, sv, vh = torch.linalg.svd(layer.weight.detach(), full_matrices=False)
+        weights.append((u * sv.pow(p)) @ vh)
+    pre = trace.preactivations
+    guesses = [_pull_back(model, trace, _normal_like(pre[i + 1], generator), i + 1, i, weights)
+               for i in range(len(pre) - 1)]
+    return guesses + [_normal_like(pre[-1], generator)]
+
+
+# --- weight-space guesses ----------------------------------------------------------------
+
+def directional_guess(params: list[Tensor], generator) -> list[Tensor]:
+    """Directional descent (Polyak; Spall; Baydin et al. 2022; paper §1, A.4).
+
+    One random direction over all N weights, entries N(0, 1/N) (standard deviation
+    1/sqrt(N), the paper's "N(0, 1/sqrt(N))") so that |v| is about 1 whatever N is.
+    Unbiased up to that scale: E[(g.v) v] = g / N. Cosine with g is O(1/sqrt(N)).
+    """
+    n = sum(p.numel() for p in params)
+    return [_normal_like(p, generator) / math.sqrt(n) for p in params]
+
+
+def matched_cosine_guess(params: list[Tensor], generator, true_grads: list[Tensor],
+                         cosine: float = 0.02) -> list[Tensor]:
+    """Directional descent with its cosine similarity set by hand (paper §3 "Bias", A.4, Fig. 3).
+
+    A random direction is split into g_par along the true gradient g and g_perp orthogonal
+    to it; both are normalised and combined as cos(theta) g_par + sin(theta) g_perp with
+    cos(theta) = ``cosine``. Uses the true gradient on purpose: an unbiased-in-direction
+    guess whose cosine matches the guessing methods'.
+    """
+    if not -1.0 <= cosine <= 1.0:
+        raise ValueError(f"matched_cosine_guess needs -1 <= cosine <= 1, got {cosine!r}")
+    g = torch.cat([t.reshape(-1) for t in true_grads])
+    v = torch.cat([_normal_like(p, generator).reshape(-1) for p in params])
+    g_hat = g / g.norm().clamp_min(1e-30)
+    along = (v @ g_hat) * g_hat  # keeps the random guess's sign along g
+    g_par = along / along.norm().clamp_min(1e-30)
+    g_perp = (v - along) / (v - along).norm().clamp_min(1e-30)
+    guess = cosine * g_par + math.sqrt(1.0 - cosine ** 2) * g_perp
+    pieces = torch.split(guess, [p.numel() for p in params])
+    return [piece.view_as(p) for piece, p in zip(pieces, params)]

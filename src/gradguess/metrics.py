@@ -1,0 +1,97 @@
+"""How good a guess is: cosine similarity, one-step effectiveness, effective rank, subspaces."""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# The paper's step-size search for one-step effectiveness: 1e-5 .. 1e-1 (§3, Fig. 1).
+STEP_SIZES = tuple(10.0 ** e for e in range(-5, 0))
+
+
+def flatten(tensors) -> Tensor:
+    if isinstance(tensors, Tensor):
+        return tensors.reshape(-1)
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def cosine_similarity(a, b) -> float:
+    """cos(a, b) = a.b / (|a| |b|) of two gradients, each a tensor or a list of tensors."""
+    a, b = flatten(a).detach().double(), flatten(b).detach().double()
+    denominator = a.norm() * b.norm()
+    return float(a @ b / denominator) if denominator > 0 else float("nan")
+
+
+def layer_cosines(model, guess: list[Tensor], true: list[Tensor]) -> list[float]:
+    """Cosine similarity per layer of ``model.layers`` (weight and bias together).
+
+    ``guess`` and ``true`` list gradients in ``model.parameters()`` order.
+    """
+    index = {id(p): k for k, p in enumerate(model.parameters())}
+    cosines = []
+    for layer in model.layers:
+        ks = [index[id(p)] for p in layer.parameters()]
+        cosines.append(cosine_similarity([guess[k] for k in ks], [true[k] for k in ks]))
+    return cosines
+
+
+def best_loss_reduction(model, x: Tensor, targets: Tensor, gradient: list[Tensor],
+                        step_sizes=STEP_SIZES) -> tuple[float, float]:
+    """Largest drop of the batch loss over plain SGD steps w - lr * gradient, and its lr.
+
+    The drop may be negative when every step size raises the loss.
+    """
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        before = F.cross_entropy(model(x), targets)
+        best = (-math.inf, float("nan"))
+        for lr in step_sizes:
+            stepped = {n: params[n] - lr * g for n, g in zip(names, gradient)}
+            after = F.cross_entropy(torch.func.functional_call(model, stepped, (x,)), targets)
+            drop = float(before - after)
+            if drop > best[0]:
+                best = (drop, lr)
+    return best
+
+
+def one_step_effectiveness(model, x, targets, guess: list[Tensor], true: list[Tensor],
+                           step_sizes=STEP_SIZES) -> float:
+    """Best loss reduction of one step along the guess, relative to backprop's best (Fig. 1)."""
+    guessed, _ = best_loss_reduction(model, x, targets, guess, step_sizes)
+    exact, _ = best_loss_reduction(model, x, targets, true, step_sizes)
+    return guessed / exact if exact > 0 else float("nan")
+
+
+def effective_rank(matrix: Tensor) -> float:
+    """Effective rank of Roy & Vetterli (2007): exp of the entropy of sigma_k / sum(sigma).
+
+    Equals r for a matrix with r equal non-zero singular values; 1 for rank one.
+    """
+    sv = torch.linalg.svdvals(matrix.detach().double())
+    p = sv / sv.sum()
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def principal_basis(samples: Tensor, k: int) -> Tensor:
+    """Top-k principal directions of ``samples`` [n, d] (centred PCA), as columns [d, k]."""
+    centred = samples.flatten(1) - samples.flatten(1).mean(0)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    return vh[:k].T
+
+
+def random_basis(d: int, k: int, generator=None, device=None, dtype=torch.float32) -> Tensor:
+    """An orthonormal basis [d, k] of a uniformly random k-dimensional subspace."""
+    q, _ = torch.linalg.qr(torch.randn((d, k), generator=generator, device=device, dtype=dtype))
+    return q
+
+
+def projection_cosine(gradient: Tensor, basis: Tensor) -> float:
+    """Cosine between a gradient and its projection onto span(basis), basis orthonormal [d, k].
+
+    cos(g, B B^T g) = |B^T g| / |g|.
+    """
+    g = gradient.reshape(-1).to(basis.dtype)
+    norm = g.norm()
+    return float((basis.T @ g).norm() / norm) if norm > 0 else float("nan")

@@ -1,0 +1,54 @@
+"""Named scales a chapter runs at, and the device it runs on.
+
+A scale is data: how much of each experiment to run. ``small`` fits a 2-core CPU in
+minutes; ``paper`` follows the paper's protocol and wants a GPU. The environment variable
+``GRADGUESS_SCALE`` overrides the scale a chapter asks for (CI sets it to ``small``).
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Scale:
+    name: str
+    description: str
+    train_size: int | None  # training examples used (None: the whole training set)
+    test_size: int | None
+    epochs: int
+    seeds: int  # independent replicates per configuration
+    trajectory_steps: int  # backprop steps along which guesses are scored
+    widths: tuple[int, ...]  # MLP widths of the paper's grids, shrunk at small scale
+
+
+SCALES = {
+    "small": Scale("small", "2-core CPU, minutes: subsets, few epochs, narrow MLPs",
+                   train_size=6000, test_size=2000, epochs=2, seeds=2, trajectory_steps=20,
+                   widths=(64, 256)),
+    "paper": Scale("paper", "the paper's protocol on a GPU: full data, (3|6) x (128|1024) MLPs",
+                   train_size=None, test_size=None, epochs=50, seeds=3, trajectory_steps=200,
+                   widths=(128, 1024)),
+}
+
+
+def get_scale(name: str = "small") -> Scale:
+    """The scale ``name``, unless ``GRADGUESS_SCALE`` names another."""
+    chosen = os.environ.get("GRADGUESS_SCALE") or name
+    if chosen not in SCALES:
+        raise ValueError(f"unknown scale {chosen!r}; known scales: {', '.join(SCALES)}")
+    return SCALES[chosen]
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when present, else the CPU; other names are checked."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu' or 'cuda[:n]'") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but this machine has no CUDA GPU; "
+                         "use device='auto' or 'cpu'")
+    return resolved

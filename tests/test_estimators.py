@@ -1,0 +1,215 @@
+"""The estimators measure g.y by a real JVP and turn it into the right update."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gradguess import guesses
+from gradguess.estimators import (METHODS, backprop_gradient, estimate_gradient,
+                                  guessed_gradient, per_example_loss, preactivation_jvp,
+                                  weight_jvp)
+from gradguess.metrics import cosine_similarity
+from gradguess.models import MLP
+
+from conftest import traced
+
+ACTIVATION_METHODS = [m for m, spec in METHODS.items() if spec.space == "activations"]
+OPTIONS = {"downstream": {"k": 2}, "singular_power": {"p": 2.0}}
+
+
+def preactivation_grads(model, x, y):
+    """d loss_b / d s_i[b] for every layer and example, by autograd (the reference)."""
+    trace = traced(model, x)
+    deltas = [torch.zeros_like(s, requires_grad=True) for s in trace.preactivations]
+    return list(torch.autograd.grad(per_example_loss(model, x, y, deltas).sum(), deltas))
+
+
+def guess_for(method, model, x, y, seed=0):
+    spec = METHODS[method]
+    options = dict(OPTIONS.get(method, {}))
+    if spec.needs_targets:
+        options["targets"] = y
+    return spec.guess(model, traced(model, x), torch.Generator().manual_seed(seed), **options)
+
+
+@pytest.mark.parametrize("method", ACTIVATION_METHODS)
+def test_preactivation_jvp_equals_autograd_dot(net, method):
+    model, x, y = net
+    ys = guess_for(method, model, x, y)
+    grads = preactivation_grads(model, x, y)
+    expected = sum((g * t).sum(-1) for g, t in zip(grads, ys))
+    torch.testing.assert_close(preactivation_jvp(model, x, y, ys), expected)
+    for i in range(len(ys)):  # one layer at a time, as the per-layer mode does
+        only_i = [t if j == i else None for j, t in enumerate(ys)]
+        torch.testing.assert_close(preactivation_jvp(model, x, y, only_i),
+                                   (grads[i] * ys[i]).sum(-1))
+
+
+@pytest.mark.parametrize("method", ["directional", "matched_cosine"])
+def test_weight_jvp_equals_autograd_dot(net, method):
+    model, x, y = net
+    _, true = backprop_gradient(model, x, y)
+    params = [p.detach() for p in model.parameters()]
+    extra = {"true_grads": true} if method == "matched_cosine" else {}
+    direction = METHODS[method].guess(params, torch.Generator().manual_seed(0), **extra)
+    names = [n for n, _ in model.named_parameters()]
+    derivative = weight_jvp(model, x, y, dict(zip(names, direction)))
+    expected = sum((g * v).sum() for g, v in zip(true, direction))
+    torch.testing.assert_close(derivative, expected)
+
+
+@pytest.mark.parametrize("mode", ["global", "per_layer"])
+def test_update_is_jvp_scaled_guess_times_input(net, mode):
+    """.grad of layer i = (1/B) sum_b (jvp_b) y_i[b] x_i[b]^T, jvp from autograd here."""
+    model, x, y = net
+    estimate_gradient(model, x, y, "w_transpose", mode, torch.Generator().manual_seed(3))
+    ys = guess_for("w_transpose", model, x, y, seed=3)
+    grads = preactivation_grads(model, x, y)
+    trace = traced(model, x)
+    total = sum((g * t).sum(-1) for g, t in zip(grads, ys))
+    for i, layer in enumerate(model.layers):
+        scale = total if mode == "global" else (grads[i] * ys[i]).sum(-1)
+        grad_s = scale[:, None] * ys[i] / len(x)
+        torch.testing.assert_close(layer.weight.grad, grad_s.T @ trace.inputs[i])
+        torch.testing.assert_close(layer.bias.grad, grad_s.sum(0))
+
+
+def test_backprop_method_matches_autograd(net):
+    model, x, y = net
+    _, true = backprop_gradient(model, x, y)
+    for got, want in zip(guessed_gradient(model, x, y, "backprop"), true):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("mode", ["global", "per_layer"])
+def test_self_sharpening_last_layer_gets_exact_gradient(net, mode):
+    model, x, y = net
+    _, true = backprop_gradient(model, x, y)
+    guess = guessed_gradient(model, x, y, "self_sharpening", mode, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(guess[-2], true[-2])  # last weight
+    torch.testing.assert_close(guess[-1], true[-1])  # last bias
+
+
+def test_per_layer_jvps_sum_to_global(net):
+    model, x, y = net
+    ys = guess_for("activation_perturbation", model, x, y)
+    per_layer = sum(preactivation_jvp(model, x, y, [t if j == i else None for j, t in enumerate(ys)])
+                    for i in range(len(ys)))
+    torch.testing.assert_close(per_layer, preactivation_jvp(model, x, y, ys))
+
+
+@pytest.mark.parametrize("method", ["directional", "activation_perturbation", "w_transpose"])
+def test_modes_agree_for_a_single_layer(method):
+    """With one layer there is nothing else to perturb: both modes give the same update."""
+    torch.manual_seed(0)
+    model = MLP(7, 5, 1, 4).double()
+    x, y = torch.randn(5, 7, dtype=torch.float64), torch.randint(0, 4, (5,))
+    a = guessed_gradient(model, x, y, method, "global", torch.Generator().manual_seed(1))
+    b = guessed_gradient(model, x, y, method, "per_layer", torch.Generator().manual_seed(1))
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v)
+
+
+def test_directional_descent_averages_to_the_true_gradient():
+    """E[(g.v) v] = g / N: the mean of many directional-descent guesses points along g."""
+    torch.manual_seed(0)
+    model = MLP(6, 5, 3, 3).double()  # 83 parameters
+    x, y = torch.randn(2, 6, dtype=torch.float64), torch.tensor([0, 2])
+    _, true = backprop_gradient(model, x, y)
+    generator = torch.Generator().manual_seed(0)
+    total = [torch.zeros_like(t) for t in true]
+    for _ in range(2000):
+        for acc, g in zip(total, guessed_gradient(model, x, y, "directional", "global", generator)):
+            acc += g
+    assert cosine_similarity(total, true) > 0.9
+    single = guessed_gradient(model, x, y, "directional", "global", generator)
+    assert cosine_similarity(single, true) < 0.5  # one guess alone is far off
+
+
+def replicated(model, x, y, copies):
+    """A batch of ``copies`` copies of one example: the batch-mean update is then the average
+    of ``copies`` independent single-example guesses, and the true gradient is that example's."""
+    return x[:1].repeat(copies, 1), y[:1].repeat(copies)
+
+
+@pytest.mark.parametrize("mode", ["global", "per_layer"])
+def test_activation_perturbation_averages_to_the_true_gradient(net, mode):
+    model, x, y = net
+    _, true = backprop_gradient(model, x[:1], y[:1])
+    xs, ys = replicated(model, x, y, 20000)
+    average = guessed_gradient(model, xs, ys, "activation_perturbation", mode,
+                               torch.Generator().manual_seed(0))
+    assert cosine_similarity(average, true) > 0.9
+    single = guessed_gradient(model, x[:1], y[:1], "activation_perturbation", mode,
+                              torch.Generator().manual_seed(0))
+    assert cosine_similarity(single, true) < 0.9
+
+
+def test_w_transpose_average_converges_to_its_covariance_not_the_gradient(net):
+    """The mean W^T guess is Cov(y) g = D W^T W D g (A.1): biased, unlike activation perturbation."""
+    model, x, y = net
+    xs, ys = replicated(model, x, y, 40000)
+    average = guessed_gradient(model, xs, ys, "w_transpose", "per_layer",
+                               torch.Generator().manual_seed(0))
+    grads = preactivation_grads(model, x[:1], y[:1])
+    trace = traced(model, x[:1])
+    i = 1  # a hidden layer: its bias gradient is dL/ds_i itself
+    d = guesses.relu_mask(trace.preactivations[i][0])
+    w = model.layers[i + 1].weight
+    predicted = d * (w.T @ (w @ (d * grads[i][0])))
+    assert (average[2 * i + 1] - predicted).norm() < 0.1 * predicted.norm()
+    assert cosine_similarity(predicted, grads[i][0]) < 0.95  # Cov(y) g is not along g
+
+
+def test_same_seed_same_update(net):
+    model, x, y = net
+    for method in METHODS:
+        a = guessed_gradient(model, x, y, method, "global", torch.Generator().manual_seed(5))
+        b = guessed_gradient(model, x, y, method, "global", torch.Generator().manual_seed(5))
+        for u, v in zip(a, b):
+            assert torch.equal(u, v), method
+
+
+def test_directional_update_uses_jvp_of_the_loss(net):
+    """Directional descent's .grad is exactly (g.v) v."""
+    model, x, y = net
+    _, true = backprop_gradient(model, x, y)
+    guess = guessed_gradient(model, x, y, "directional", "global", torch.Generator().manual_seed(2))
+    v = guesses.directional_guess([p.detach() for p in model.parameters()],
+                                  torch.Generator().manual_seed(2))
+    gv = sum((g * d).sum() for g, d in zip(true, v))
+    for got, d in zip(guess, v):
+        torch.testing.assert_close(got, gv * d)
+
+
+def test_bad_method_mode_and_options(net):
+    model, x, y = net
+    with pytest.raises(ValueError, match="unknown method 'w_t'.*w_transpose"):
+        estimate_gradient(model, x, y, "w_t")
+    with pytest.raises(ValueError, match="unknown mode 'layerwise'.*per_layer"):
+        estimate_gradient(model, x, y, "w_transpose", "layerwise")
+    with pytest.raises(ValueError, match="k >= 1"):
+        estimate_gradient(model, x, y, "downstream", k=0)
+    with pytest.raises(TypeError):
+        estimate_gradient(model, x, y, "backprop", k=1)
+    with pytest.raises(ValueError, match="p > 0"):
+        estimate_gradient(model, x, y, "singular_power", p=0)
+
+
+def test_guessing_methods_never_call_reverse_mode(net, monkeypatch):
+    """Every guessing method but matched cosine (which reads g on purpose) runs without
+    torch.autograd.grad or .backward: the directional derivative is a forward-mode JVP."""
+    model, x, y = net
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("reverse-mode autograd called")
+
+    monkeypatch.setattr(torch.autograd, "grad", forbidden)
+    monkeypatch.setattr(torch.autograd, "backward", forbidden)
+    for method in METHODS:
+        if method in ("backprop", "matched_cosine"):
+            continue
+        for mode in ("global", "per_layer"):
+            estimate_gradient(model, x, y, method, mode, torch.Generator().manual_seed(0),
+                              **OPTIONS.get(method, {}))
+    with pytest.raises(AssertionError, match="reverse-mode"):  # the patch is live
+        estimate_gradient(model, x, y, "backprop")

@@ -1,0 +1,58 @@
+import math
+
+import pytest
+import torch
+
+from gradguess.estimators import backprop_gradient
+from gradguess.metrics import (best_loss_reduction, cosine_similarity, effective_rank,
+                               layer_cosines, one_step_effectiveness, principal_basis,
+                               projection_cosine, random_basis)
+
+
+def test_cosine_similarity_of_lists():
+    a = [torch.tensor([1.0, 0.0]), torch.tensor([[0.0]])]
+    assert cosine_similarity(a, a) == pytest.approx(1.0)
+    assert cosine_similarity(a, [torch.tensor([0.0, 1.0]), torch.tensor([[0.0]])]) == 0.0
+    assert cosine_similarity(a, [-t for t in a]) == pytest.approx(-1.0)
+
+
+def test_layer_cosines_split_by_layer(net):
+    model, x, y = net
+    _, true = backprop_gradient(model, x, y)
+    flipped = [-g if k < 2 else g for k, g in enumerate(true)]  # first layer's weight and bias
+    cos = layer_cosines(model, flipped, true)
+    assert cos[0] == pytest.approx(-1.0) and all(c == pytest.approx(1.0) for c in cos[1:])
+
+
+def test_effective_rank():
+    assert effective_rank(torch.eye(7)) == pytest.approx(7.0)
+    assert effective_rank(torch.outer(torch.randn(5), torch.randn(6))) == pytest.approx(1.0, abs=1e-6)
+    assert effective_rank(torch.diag(torch.tensor([1.0, 1.0, 0.0]))) == pytest.approx(2.0)
+    assert 1.0 < effective_rank(torch.diag(torch.tensor([10.0, 1.0, 1.0]))) < 3.0
+
+
+def test_projection_cosine():
+    basis = random_basis(10, 3, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(basis.T @ basis, torch.eye(3))
+    inside = basis @ torch.tensor([1.0, -2.0, 0.5])
+    assert projection_cosine(inside, basis) == pytest.approx(1.0, abs=1e-6)
+    outside = torch.randn(10)
+    outside -= basis @ (basis.T @ outside)
+    assert projection_cosine(outside, basis) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_principal_basis_finds_the_dominant_direction():
+    g = torch.Generator().manual_seed(0)
+    direction = torch.nn.functional.normalize(torch.randn(8, generator=g), dim=0)
+    samples = 10 * torch.randn(500, 1, generator=g) * direction + 0.1 * torch.randn(500, 8, generator=g)
+    basis = principal_basis(samples, 1)
+    assert abs(float(basis[:, 0] @ direction)) > 0.99
+
+
+def test_one_step_effectiveness_of_backprop_is_one_and_of_its_negative_is_not(net):
+    model, x, y = net
+    _, true = backprop_gradient(model, x, y)
+    assert one_step_effectiveness(model, x, y, true, true) == pytest.approx(1.0)
+    assert one_step_effectiveness(model, x, y, [-g for g in true], true) < 0
+    drop, lr = best_loss_reduction(model, x, y, true)
+    assert drop > 0 and 1e-5 <= lr <= 1e-1

@@ -1,6 +1,6 @@
 """Demo: train a 3-layer, 128-wide MLP on Fashion-MNIST with W^T guesses, no backward pass.
 
-    python examples/train_w_transpose.py [--epochs 2] [--device auto]
+    python examples/train_w_transpose.py [--epochs 3] [--device auto]
 
 Prints train and test accuracy per epoch, then the cosine similarity of W^T guesses (and of
 directional descent's) with the true gradient on a few batches at the trained weights.
@@ -21,8 +21,8 @@ from gradguess.training import train
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion-mnist")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--train-size", type=int, default=20000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--train-size", type=int, default=None, help="default: all")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")

@@ -213,3 +213,51 @@ def test_guessing_methods_never_call_reverse_mode(net, monkeypatch):
                               **OPTIONS.get(method, {}))
     with pytest.raises(AssertionError, match="reverse-mode"):  # the patch is live
         estimate_gradient(model, x, y, "backprop")
+
+
+@pytest.mark.parametrize("mode", ["global", "per_layer"])
+def test_self_sharpening_on_one_layer_is_backprop(mode):
+    """A one-layer net has only the last layer, whose gradient self-sharpening knows exactly."""
+    torch.manual_seed(0)
+    model = MLP(7, 5, 1, 4).double()
+    x, y = torch.randn(5, 7, dtype=torch.float64), torch.randint(0, 4, (5,))
+    _, true = backprop_gradient(model, x, y)
+    for got, want in zip(guessed_gradient(model, x, y, "self_sharpening", mode), true):
+        torch.testing.assert_close(got, want)
+
+
+class TokenNet(torch.nn.Module):
+    """Follows the models' protocol with token dimensions: [B, T, d] pre-activations, mean
+    over tokens before the readout. Stands in for the LocalMixer and ViT of later chapters."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.ModuleList([torch.nn.Linear(4, 6), torch.nn.Linear(6, 3)])
+
+    def forward(self, x, perturbations=None, trace=None):
+        h = x
+        for i, layer in enumerate(self.layers):
+            s = layer(h)
+            if trace is not None:
+                trace.record(h, s)
+            if perturbations is not None and perturbations[i] is not None:
+                s = s + perturbations[i]
+            h = torch.relu(s).mean(1) if i == 0 else s
+        return h
+
+
+@pytest.mark.parametrize("mode", ["global", "per_layer"])
+def test_estimators_handle_token_dimensions(mode):
+    torch.manual_seed(0)
+    model = TokenNet().double()
+    x, y = torch.randn(3, 5, 4, dtype=torch.float64), torch.tensor([0, 2, 1])
+    estimate_gradient(model, x, y, "activation_perturbation", mode, torch.Generator().manual_seed(0))
+    ys = guess_for("activation_perturbation", model, x, y)
+    grads = preactivation_grads(model, x, y)
+    trace = traced(model, x)
+    per_layer = [(g * t).flatten(1).sum(1) for g, t in zip(grads, ys)]
+    for i, layer in enumerate(model.layers):
+        scale = sum(per_layer) if mode == "global" else per_layer[i]
+        grad_s = scale.view(-1, *[1] * (ys[i].dim() - 1)) * ys[i] / len(x)
+        expected = torch.einsum("b...o,b...i->oi", grad_s, trace.inputs[i])
+        torch.testing.assert_close(layer.weight.grad, expected)

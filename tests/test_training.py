@@ -96,3 +96,8 @@ def test_devices():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+def test_device_override(monkeypatch):
+    monkeypatch.setenv("GRADGUESS_DEVICE", "cpu")
+    assert resolve_device("cuda") == torch.device("cpu")

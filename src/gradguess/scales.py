@@ -2,7 +2,8 @@
 
 A scale is data: how much of each experiment to run. ``small`` fits a 2-core CPU in
 minutes; ``paper`` follows the paper's protocol and wants a GPU. The environment variable
-``GRADGUESS_SCALE`` overrides the scale a chapter asks for (CI sets it to ``small``).
+``GRADGUESS_SCALE`` overrides the scale a chapter asks for (CI sets it to ``small``), and
+``GRADGUESS_DEVICE`` the device.
 """
 import os
 from dataclasses import dataclass
@@ -41,7 +42,12 @@ def get_scale(name: str = "small") -> Scale:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when present, else the CPU; other names are checked."""
+    """``"auto"`` picks CUDA when present, else the CPU; other names are checked.
+
+    The environment variable ``GRADGUESS_DEVICE`` overrides ``device`` (CI sets ``cpu`` to
+    re-execute chapters that were run on a GPU).
+    """
+    device = os.environ.get("GRADGUESS_DEVICE") or device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -3,7 +3,7 @@ import math
 import time
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text bars: no widgets in executed notebooks
 
 from .estimators import (backprop_gradient, check_mode, estimate_gradient, get_method,
                          guessed_gradient)
@@ -114,11 +114,13 @@ def guess_quality_along_backprop(model, data, methods, *, steps: int, batch_size
 
     At each of ``steps`` batches: the true gradient, then every method's guess on the same
     batch and weights: its cosine similarity (whole network and per layer) and, if
-    ``step_sizes`` is given, its one-step effectiveness relative to backprop. Then one
-    backprop step. ``method_options`` maps a method to the options of its guess.
+    ``step_sizes`` is given, its one-step effectiveness relative to backprop, both with the
+    guess in directional-descent form ("effectiveness") and at the scale of ``.grad``
+    ("effectiveness_raw"). Then one backprop step. ``method_options`` maps a method to the
+    options of its guess.
 
     Returns ``{method: {"cosine": [...], "layer_cosines": [[...], ...],
-    "effectiveness": [...]}}``.
+    "effectiveness": [...], "effectiveness_raw": [...]}}``.
     """
     for m in methods:
         get_method(m)
@@ -130,7 +132,8 @@ def guess_quality_along_backprop(model, data, methods, *, steps: int, batch_size
     order_rng = torch.Generator().manual_seed(seed)
     guess_rng = torch.Generator(device=device).manual_seed(seed + 1)
     options = method_options or {}
-    scores = {m: {"cosine": [], "layer_cosines": [], "effectiveness": []} for m in methods}
+    scores = {m: {"cosine": [], "layer_cosines": [], "effectiveness": [], "effectiveness_raw": []}
+              for m in methods}
     batches = iter(())
     for _ in tqdm(range(steps), disable=not progress, leave=False, desc=f"along backprop ({mode})"):
         idx = next(batches, None)
@@ -144,8 +147,9 @@ def guess_quality_along_backprop(model, data, methods, *, steps: int, batch_size
             scores[m]["cosine"].append(cosine_similarity(guess, true))
             scores[m]["layer_cosines"].append(layer_cosines(model, guess, true))
             if step_sizes is not None:
-                scores[m]["effectiveness"].append(
-                    one_step_effectiveness(model, x, y, guess, true, step_sizes))
+                for key, unit in (("effectiveness", True), ("effectiveness_raw", False)):
+                    scores[m][key].append(one_step_effectiveness(model, x, y, guess, true,
+                                                                 step_sizes, unit))
         for p, g in zip((p for p in model.parameters() if p.requires_grad), true):
             p.grad = g
         opt.step()

@@ -1,0 +1,106 @@
+"""Execute book chapters with papermill, keeping each scale's runs apart.
+
+    python scripts/execute.py architecture --scale small --device auto
+    python scripts/execute.py --all --scale paper --device cuda
+
+A chapter's source (book/chapters/<name>.md, MyST markdown) is executed with its parameters
+into book/runs/<scale>/<name>.ipynb, its claims ledger beside it. The copy the book renders,
+book/executed/<name>.ipynb (committed), is replaced only by a run at the same or a larger
+scale: a quick CPU run never silently replaces a paper-scale GPU run.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jupytext
+import nbformat
+import papermill
+
+from gradguess.scales import SCALES
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ROOT / "book" / "chapters"
+RUNS = ROOT / "book" / "runs"
+EXECUTED = ROOT / "book" / "executed"
+SCALE_RANK = {name: rank for rank, name in enumerate(SCALES)}  # small < paper
+
+
+def chapters() -> list[str]:
+    return sorted(p.stem for p in SOURCES.glob("*.md"))
+
+
+def executed_scale(notebook: Path) -> str | None:
+    if not notebook.exists():
+        return None
+    meta = nbformat.read(notebook, as_version=4).metadata.get("papermill", {})
+    return meta.get("parameters", {}).get("scale")
+
+
+def execute(chapter: str, scale: str, device: str, dataset: str | None, seed: int) -> Path:
+    if os.environ.get("GRADGUESS_SCALE", scale) != scale:
+        sys.exit(f"GRADGUESS_SCALE={os.environ['GRADGUESS_SCALE']} would override --scale {scale}; unset it")
+    run_dir = RUNS / scale
+    run_dir.mkdir(parents=True, exist_ok=True)
+    out, ledger = run_dir / f"{chapter}.ipynb", run_dir / f"{chapter}.ledger.json"
+    ledger.unlink(missing_ok=True)
+    parameters = {"scale": scale, "device": device, "seed": seed}
+    if dataset:
+        parameters["dataset"] = dataset
+    os.environ["GRADGUESS_LEDGER"] = str(ledger)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / f"{chapter}.ipynb"
+        nbformat.write(jupytext.read(SOURCES / f"{chapter}.md"), source)
+        start = time.perf_counter()
+        papermill.execute_notebook(source, out, parameters=parameters, cwd=str(ROOT),
+                                   kernel_name="python3", progress_bar=False)
+    print(f"{chapter}: executed at {scale} scale in {time.perf_counter() - start:.0f} s -> "
+          f"{out.relative_to(ROOT)}")
+    return out
+
+
+def promote(chapter: str, scale: str) -> None:
+    """Make this scale's run the rendered one, unless a larger-scale run is rendered now."""
+    rendered = EXECUTED / f"{chapter}.ipynb"
+    current = executed_scale(rendered)
+    if current is not None and SCALE_RANK.get(current, -1) > SCALE_RANK[scale]:
+        print(f"{chapter}: kept the rendered {current}-scale run; the {scale}-scale run stays in "
+              f"book/runs/{scale}/")
+        return
+    EXECUTED.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(RUNS / scale / f"{chapter}.ipynb", rendered)
+    ledger = RUNS / scale / f"{chapter}.ledger.json"
+    rendered_ledger = EXECUTED / f"{chapter}.ledger.json"
+    if ledger.exists():
+        json.loads(ledger.read_text())  # a whole file, not a torn one
+        shutil.copyfile(ledger, rendered_ledger)
+    else:
+        rendered_ledger.unlink(missing_ok=True)
+    print(f"{chapter}: rendered copy is now the {scale}-scale run")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("chapters", nargs="*", help=f"chapter names: {', '.join(chapters())}")
+    parser.add_argument("--all", action="store_true", help="every chapter")
+    parser.add_argument("--scale", default="small", choices=list(SCALES))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dataset", default=None, help="default: each chapter's own")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    names = chapters() if args.all else args.chapters
+    unknown = sorted(set(names) - set(chapters()))
+    if unknown or not names:
+        parser.error(f"name chapters from {', '.join(chapters())}, or pass --all"
+                     + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+    for name in names:
+        execute(name, args.scale, args.device, args.dataset, args.seed)
+        promote(name, args.scale)
+
+
+if __name__ == "__main__":
+    main()

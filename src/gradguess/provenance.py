@@ -1,0 +1,54 @@
+"""Where and how a chapter was executed: scale, device, data, seed, versions, commit, time."""
+import platform
+import subprocess
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+PACKAGES = ("gradguess", "torch", "numpy", "matplotlib", "seaborn", "torch-optimi")
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def git_commit(path=None) -> str:
+    """The checkout's commit, with "+changes" when the working tree differs from it."""
+    cwd = Path(path or Path(__file__).parent)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd,
+                                capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=cwd, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return commit + ("+changes" if dirty else "")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def provenance(*, scale: str, device: torch.device, dataset: str, data_source: str, seed: int,
+               started: float) -> dict:
+    """A record of this execution; ``started`` is the ``time.perf_counter()`` at its start."""
+    record = {
+        "scale": scale,
+        "device": device_name(device),
+        "dataset": f"{dataset} ({data_source})",
+        "seed": seed,
+        "git commit": git_commit(),
+        "python": platform.python_version(),
+        **{package: _version(package) for package in PACKAGES},
+        "executed at (UTC)": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "wall time": f"{time.perf_counter() - started:.0f} s",
+    }
+    return record

@@ -1,0 +1,78 @@
+"""The book's sources and committed executions stay consistent with each other."""
+import json
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+
+from gradguess.ledger import CLAIM_IDS, VERDICTS, Ledger
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ROOT / "book" / "chapters"
+EXECUTED = ROOT / "book" / "executed"
+CHAPTERS = sorted(p.stem for p in SOURCES.glob("*.md"))
+REQUIRED_PARAMETERS = ("scale", "device", "dataset", "seed")
+
+
+def code_sources(notebook) -> list[str]:
+    return [c.source.strip() for c in notebook.cells
+            if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+
+
+def test_sources_are_text_only_myst_notebooks():
+    assert CHAPTERS, "no chapter sources"
+    stray = [p.name for p in SOURCES.iterdir() if p.suffix != ".md"]
+    assert not stray, f"only MyST-markdown sources belong in book/chapters: {stray}"
+    for name in CHAPTERS:
+        text = (SOURCES / f"{name}.md").read_text()
+        assert "format_name: myst" in text, name
+        assert "cell_metadata_filter: -all" not in text, f"{name}: that filter drops the parameters tag"
+        notebook = jupytext.read(SOURCES / f"{name}.md")
+        for cell in notebook.cells:
+            assert not cell.get("outputs") and cell.get("execution_count") is None, name
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_each_source_has_a_parameters_cell(name):
+    cells = [c for c in jupytext.read(SOURCES / f"{name}.md").cells
+             if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, f"{name}: exactly one parameters-tagged cell"
+    for parameter in REQUIRED_PARAMETERS:
+        assert f"{parameter} =" in cells[0].source, f"{name}: parameter {parameter} missing"
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_committed_execution_is_of_the_current_source(name):
+    executed = EXECUTED / f"{name}.ipynb"
+    assert executed.exists(), f"{name} has no committed execution: make execute CHAPTER={name}"
+    current = code_sources(jupytext.read(SOURCES / f"{name}.md"))
+    ran = code_sources(nbformat.read(executed, as_version=4))
+    assert ran == current, f"{name}: the committed execution is stale; execute it again"
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_committed_execution_ran_cleanly_and_records_provenance(name):
+    notebook = nbformat.read(EXECUTED / f"{name}.ipynb", as_version=4)
+    assert notebook.metadata["papermill"]["parameters"]["scale"] in ("small", "paper")
+    errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+    last = [c for c in notebook.cells if c.cell_type == "code"][-1]
+    text = json.dumps(last.outputs)
+    for field in ("scale", "device", "dataset", "seed", "git commit", "torch", "wall time"):
+        assert field in text, f"{name}: provenance cell lacks {field}"
+
+
+def test_ledgers_are_whole_and_match_their_notebooks():
+    ledgers = sorted(EXECUTED.glob("*.ledger.json"))
+    assert ledgers, "no chapter ledger committed"
+    for path in ledgers:
+        ledger = Ledger.load(path)
+        notebook = nbformat.read(EXECUTED / path.name.replace(".ledger.json", ".ipynb"), as_version=4)
+        assert ledger.scale == notebook.metadata["papermill"]["parameters"]["scale"]
+        for claim in ledger.claims:
+            assert claim.id in CLAIM_IDS and claim.verdict in VERDICTS
+            assert claim.paper and claim.ours and claim.rule
+        printed = "".join(o.get("text", "") for c in notebook.cells
+                          if "NBVAL_CHECK_OUTPUT" in c.source for o in c.outputs)
+        assert printed.strip() == ledger.verdicts(), f"{path.name}: ledger and verdict cell differ"

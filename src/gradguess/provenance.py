@@ -19,12 +19,14 @@ def _version(package: str) -> str:
 
 
 def git_commit(path=None) -> str:
-    """The checkout's commit, with "+changes" when the working tree differs from it."""
+    """The checkout's commit, with "+changes" when tracked files differ from it (other than
+    the executed chapters themselves, which an execution rewrites)."""
     cwd = Path(path or Path(__file__).parent)
     try:
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd,
                                 capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ":(top)", ":(top,exclude)book/executed"],
                                cwd=cwd, capture_output=True, text=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"

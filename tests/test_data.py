@@ -1,7 +1,5 @@
 """The data registry loads what is on the machine and says how to get what is not."""
 import gzip
-import hashlib
-import io
 import pickle
 import zipfile
 

@@ -9,7 +9,6 @@ else ``~/.cache/gradguess``.
 """
 import gzip
 import hashlib
-import io
 import os
 import pickle
 import zipfile

@@ -5,10 +5,11 @@ Every model in the book follows one small protocol, so the estimators in
 
 - ``model.layers`` lists, in order, the linear maps trained by guessed gradients
   (layer i computes the pre-activation s_i = W_i x_i + b_i);
-- ``model(x, perturbations=None, trace=None)`` returns the logits. When
-  ``perturbations`` is given, ``perturbations[i]`` (or None) is added to s_i right after
-  layer i, which is where a forward-mode JVP injects its tangent. When ``trace`` is given,
-  the forward pass appends each layer's input x_i and pre-activation s_i to it.
+- ``model(x, perturbations=None, trace=None)`` returns the logits. When ``perturbations``
+  is given, ``perturbations[i]`` (or None) is added to s_i right after layer i, which is
+  where a forward-mode JVP injects its tangent. When ``trace`` is given, the forward pass
+  appends each layer's input x_i and pre-activation s_i to it. `linear_site` does both
+  for one layer.
 
 Pre-activations may carry extra token dimensions (``[B, ..., d]``) as long as the batch
 dimension comes first; the update of a layer sums over all leading dimensions.
@@ -29,6 +30,17 @@ class Trace:
     def record(self, x: Tensor, s: Tensor) -> None:
         self.inputs.append(x)
         self.preactivations.append(s)
+
+
+def linear_site(i: int, layer: nn.Linear, x: Tensor, perturbations=None,
+                trace: Trace | None = None) -> Tensor:
+    """Layer i of the protocol: s_i = layer(x_i), recorded in ``trace``, plus its perturbation."""
+    s = layer(x)
+    if trace is not None:
+        trace.record(x, s)
+    if perturbations is not None and perturbations[i] is not None:
+        s = s + perturbations[i]
+    return s
 
 
 class MLP(nn.Module):
@@ -52,11 +64,7 @@ class MLP(nn.Module):
         h = x.flatten(1)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            s = layer(h)
-            if trace is not None:
-                trace.record(h, s)
-            if perturbations is not None and perturbations[i] is not None:
-                s = s + perturbations[i]
+            s = linear_site(i, layer, h, perturbations, trace)
             h = s if i == last else torch.relu(s)
         return h
 

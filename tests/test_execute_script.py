@@ -1,0 +1,57 @@
+"""scripts/execute.py never lets a smaller-scale run replace a larger-scale rendering."""
+import importlib.util
+from pathlib import Path
+
+import nbformat
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "execute.py"
+
+
+@pytest.fixture
+def execute(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("execute_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(module, "EXECUTED", tmp_path / "executed")
+    return module
+
+
+def fake_run(folder: Path, chapter: str, scale: str, marker: str, ledger: bool = True):
+    folder.mkdir(parents=True, exist_ok=True)
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["papermill"] = {"parameters": {"scale": scale}}
+    notebook.cells.append(nbformat.v4.new_markdown_cell(marker))
+    nbformat.write(notebook, folder / f"{chapter}.ipynb")
+    if ledger:
+        (folder / f"{chapter}.ledger.json").write_text(f'{{"marker": "{marker}"}}')
+
+
+def rendered_marker(execute, chapter):
+    return nbformat.read(execute.EXECUTED / f"{chapter}.ipynb", as_version=4).cells[0].source
+
+
+def test_small_run_never_replaces_a_paper_rendering(execute):
+    fake_run(execute.EXECUTED, "ch", "paper", "gpu run")
+    fake_run(execute.RUNS / "small", "ch", "small", "cpu run")
+    execute.promote("ch", "small")
+    assert rendered_marker(execute, "ch") == "gpu run"
+    assert "gpu run" in (execute.EXECUTED / "ch.ledger.json").read_text()
+
+
+def test_same_or_larger_scale_replaces_the_rendering_and_its_ledger(execute):
+    fake_run(execute.EXECUTED, "ch", "small", "old")
+    fake_run(execute.RUNS / "paper", "ch", "paper", "new")
+    execute.promote("ch", "paper")
+    assert rendered_marker(execute, "ch") == "new"
+    assert "new" in (execute.EXECUTED / "ch.ledger.json").read_text()
+    fake_run(execute.RUNS / "paper", "ch", "paper", "newer", ledger=False)
+    (execute.RUNS / "paper" / "ch.ledger.json").unlink()
+    execute.promote("ch", "paper")
+    assert rendered_marker(execute, "ch") == "newer"
+    assert not (execute.EXECUTED / "ch.ledger.json").exists()  # no stale ledger left behind
+
+
+def test_scale_order_is_small_then_paper(execute):
+    assert execute.SCALE_RANK["small"] < execute.SCALE_RANK["paper"]

@@ -42,9 +42,11 @@ html: $(VENV)/.installed
 	$(VENV)/bin/jupyter-book build . -n -W --keep-going
 
 # Re-execute every committed chapter at small scale on the CPU; nbval compares the cells
-# marked NBVAL_CHECK_OUTPUT (the claim verdicts) with the committed outputs.
+# marked NBVAL_CHECK_OUTPUT (the claim verdicts) with the committed outputs. An empty run
+# cache makes every run compute afresh.
 validate: setup
-	GRADGUESS_SCALE=small GRADGUESS_DEVICE=cpu $(PY) -m pytest -q -p no:cacheprovider \
+	GRADGUESS_SCALE=small GRADGUESS_DEVICE=cpu GRADGUESS_CACHE=$$(mktemp -d) \
+	  $(PY) -m pytest -q -p no:cacheprovider \
 	  --nbval-lax --nbval-current-env book/executed
 
 test: setup

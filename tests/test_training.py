@@ -3,7 +3,8 @@ import torch
 
 from gradguess.models import MLP
 from gradguess.scales import SCALES, get_scale, resolve_device
-from gradguess.training import OPTIMIZERS, guess_quality_along_backprop, make_optimizer, train
+from gradguess.training import (OPTIMIZERS, guess_quality_along_backprop, make_optimizer, train,
+                                train_mlp)
 
 from conftest import blobs
 
@@ -101,3 +102,11 @@ def test_devices():
 def test_device_override(monkeypatch):
     monkeypatch.setenv("GRADGUESS_DEVICE", "cpu")
     assert resolve_device("cuda") == torch.device("cpu")
+
+
+def test_train_mlp_is_seeded():
+    data = blobs()
+    a = train_mlp(data, depth=2, width=16, method="w_transpose", seed=3, epochs=2, batch_size=20)
+    b = train_mlp(data, depth=2, width=16, method="w_transpose", seed=3, epochs=2, batch_size=20)
+    c = train_mlp(data, depth=2, width=16, method="w_transpose", seed=4, epochs=2, batch_size=20)
+    assert a["train_loss"] == b["train_loss"] != c["train_loss"]

@@ -8,6 +8,7 @@ from tqdm import tqdm  # plain text bars: no widgets in executed notebooks
 from .estimators import (backprop_gradient, check_mode, estimate_gradient, get_method,
                          guessed_gradient)
 from .metrics import cosine_similarity, layer_cosines, one_step_effectiveness
+from .models import MLP
 
 OPTIMIZERS = ("adamw", "sgd", "sgd_momentum", "stable_adamw")
 
@@ -155,3 +156,11 @@ def guess_quality_along_backprop(model, data, methods, *, steps: int, batch_size
         opt.step()
     return scores
 
+
+
+def train_mlp(data, *, depth: int, width: int, method: str, seed: int = 0, **options) -> dict:
+    """One run of a grid: an MLP initialised from ``seed``, trained by `train` (no progress
+    bar). ``options`` are `train`'s keywords. Returns `train`'s JSON-serialisable history."""
+    torch.manual_seed(seed)
+    model = MLP(data.in_features, width, depth, data.num_classes).to(data.train_x.device)
+    return train(model, data, method, seed=seed, progress=False, **options)

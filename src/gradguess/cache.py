@@ -1,0 +1,45 @@
+"""Results cached by their configuration, so an interrupted execution resumes where it stopped.
+
+A result is stored as JSON under a name derived from its configuration, the package's source
+code and the torch version: change any of them and the result is computed anew. Files are
+written atomically (a temporary file renamed into place), so a killed run never leaves a torn
+result behind. The folder is the ``folder`` argument, else ``GRADGUESS_CACHE``, else
+``~/.cache/gradguess/runs``.
+"""
+import hashlib
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+def cache_dir(folder=None) -> Path:
+    return Path(folder or os.environ.get("GRADGUESS_CACHE")
+                or Path.home() / ".cache" / "gradguess" / "runs")
+
+
+@lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """A hash of the package's source files: results computed by other code are not reused."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cached(config: dict, compute: Callable[[], dict], folder=None) -> dict:
+    """``compute()``'s JSON-serialisable result for ``config``, from the cache if it is there."""
+    key = json.dumps({"config": config, "code": code_fingerprint(), "torch": torch.__version__},
+                     sort_keys=True)
+    path = cache_dir(folder) / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+    if path.exists():
+        return json.loads(path.read_text())["result"]
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"key": json.loads(key), "result": result}))
+    tmp.replace(path)
+    return result

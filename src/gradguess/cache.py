@@ -15,6 +15,9 @@ from typing import Callable
 
 import torch
 
+# How many results this process computed and how many it read back: a chapter reports both.
+CACHE_STATS = {"computed": 0, "from cache": 0}
+
 
 def cache_dir(folder=None) -> Path:
     return Path(folder or os.environ.get("GRADGUESS_CACHE")
@@ -36,8 +39,10 @@ def cached(config: dict, compute: Callable[[], dict], folder=None) -> dict:
                      sort_keys=True)
     path = cache_dir(folder) / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
     if path.exists():
+        CACHE_STATS["from cache"] += 1
         return json.loads(path.read_text())["result"]
     result = compute()
+    CACHE_STATS["computed"] += 1
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"key": json.loads(key), "result": result}))

@@ -1,10 +1,11 @@
 """The estimators measure g.y by a real JVP and turn it into the right update."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gradguess import guesses
 from gradguess.estimators import (METHODS, backprop_gradient, estimate_gradient,
-                                  guessed_gradient, per_example_loss, preactivation_jvp,
+                                  guessed_gradient, per_example_gradients, preactivation_jvp,
                                   weight_jvp)
 from gradguess.metrics import cosine_similarity
 from gradguess.models import MLP, linear_site
@@ -17,9 +18,7 @@ OPTIONS = {"downstream": {"k": 2}, "singular_power": {"p": 2.0}}
 
 def preactivation_grads(model, x, y):
     """d loss_b / d s_i[b] for every layer and example, by autograd (the reference)."""
-    trace = traced(model, x)
-    deltas = [torch.zeros_like(s, requires_grad=True) for s in trace.preactivations]
-    return list(torch.autograd.grad(per_example_loss(model, x, y, deltas).sum(), deltas))
+    return per_example_gradients(model, x, y)[1]
 
 
 def guess_for(method, model, x, y, seed=0):
@@ -256,3 +255,12 @@ def test_estimators_handle_token_dimensions(mode):
         grad_s = scale.view(-1, *[1] * (ys[i].dim() - 1)) * ys[i] / len(x)
         expected = torch.einsum("b...o,b...i->oi", grad_s, trace.inputs[i])
         torch.testing.assert_close(layer.weight.grad, expected)
+
+
+def test_per_example_input_gradients_match_autograd_one_by_one(net):
+    model, x, y = net
+    input_grads, _ = per_example_gradients(model, x, y)
+    for b in range(len(x)):
+        xb = x[b:b + 1].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(model(xb), y[b:b + 1]), xb)
+        torch.testing.assert_close(input_grads[b], g[0])

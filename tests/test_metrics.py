@@ -4,6 +4,7 @@ import torch
 
 from gradguess.estimators import backprop_gradient
 from gradguess.metrics import (as_directional_step, best_loss_reduction, cosine_similarity, effective_rank,
+                               mean_projection_cosine, span_basis,
                                layer_cosines, one_step_effectiveness, principal_basis,
                                projection_cosine, random_basis)
 
@@ -71,3 +72,24 @@ def test_directional_step_has_the_scale_of_a_unit_guess(net):
     g_norm = float(torch.cat([t.flatten() for t in true]).norm())
     assert float(torch.cat([s.flatten() for s in step]).norm()) == pytest.approx(g_norm * cos)
     assert as_directional_step(true, true)[0].allclose(true[0])
+
+
+def test_uncentred_basis_keeps_the_mean_direction():
+    g = torch.Generator().manual_seed(1)
+    mean = torch.nn.functional.normalize(torch.ones(6), dim=0)
+    samples = 5 * mean + 0.1 * torch.randn(200, 6, generator=g)
+    assert abs(float(principal_basis(samples, 1, center=False)[:, 0] @ mean)) > 0.99
+    assert abs(float(principal_basis(samples, 1)[:, 0] @ mean)) < 0.9
+
+
+def test_mean_projection_cosine_and_span_basis():
+    basis = random_basis(10, 3, torch.Generator().manual_seed(0))
+    inside = torch.randn(5, 3) @ basis.T
+    rows = torch.cat([inside, torch.zeros(1, 10)])  # a zero row is skipped
+    assert mean_projection_cosine(rows, basis) == pytest.approx(1.0, abs=1e-6)
+    assert mean_projection_cosine(inside, basis) == pytest.approx(
+        sum(projection_cosine(r, basis) for r in inside) / 5, abs=1e-6)
+    columns = torch.cat([basis[:, :2], basis[:, :1] + basis[:, 1:2], torch.zeros(10, 1)], dim=1)
+    span = span_basis(columns)
+    assert span.shape == (10, 2)  # rank 2, not 4
+    torch.testing.assert_close(span.T @ span, torch.eye(2), atol=1e-5, rtol=0)

@@ -114,6 +114,20 @@ def backprop_gradient(model, x: Tensor, targets: Tensor) -> tuple[Tensor, list[T
     return loss.detach(), list(grads)
 
 
+def per_example_gradients(model, x: Tensor, targets: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """By autograd, for analysis: d loss_b / d x_b for every input and d loss_b / d s_i[b] for
+    every layer, per example (each example's loss depends only on its own activations)."""
+    trace = Trace()
+    with torch.no_grad():
+        model(x, trace=trace)
+    x = x.detach().clone().requires_grad_(True)
+    deltas = [torch.zeros_like(s, requires_grad=True) for s in trace.preactivations]
+    with torch.enable_grad():
+        loss = per_example_loss(model, x, targets, deltas).sum()
+        grads = torch.autograd.grad(loss, [x, *deltas])
+    return grads[0], list(grads[1:])
+
+
 def write_linear_grad(layer, x_in: Tensor, grad_s: Tensor) -> None:
     """dL/dW = sum over batch (and tokens) of grad_s x_in^T; dL/db = sum of grad_s."""
     g = grad_s.reshape(-1, grad_s.shape[-1])

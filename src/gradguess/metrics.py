@@ -101,10 +101,16 @@ def effective_rank(matrix: Tensor) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
-def principal_basis(samples: Tensor, k: int) -> Tensor:
-    """Top-k principal directions of ``samples`` [n, d] (centred PCA), as columns [d, k]."""
-    centred = samples.flatten(1) - samples.flatten(1).mean(0)
-    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+def principal_basis(samples: Tensor, k: int, center: bool = True) -> Tensor:
+    """Top-k principal directions of ``samples`` [n, d], as orthonormal columns [d, k].
+
+    ``center=False`` takes the top right singular vectors of the raw samples (the principal
+    directions of their second moment), which keeps the mean direction in the span.
+    """
+    flat = samples.flatten(1)
+    if center:
+        flat = flat - flat.mean(0)
+    _, _, vh = torch.linalg.svd(flat, full_matrices=False)
     return vh[:k].T
 
 
@@ -122,3 +128,17 @@ def projection_cosine(gradient: Tensor, basis: Tensor) -> float:
     g = gradient.reshape(-1).to(basis.dtype)
     norm = g.norm()
     return float((basis.T @ g).norm() / norm) if norm > 0 else float("nan")
+
+
+def mean_projection_cosine(gradients: Tensor, basis: Tensor) -> float:
+    """`projection_cosine` of each row of ``gradients`` [n, d], averaged over the non-zero rows."""
+    g = gradients.flatten(1).to(basis.dtype)
+    norms = g.norm(dim=1)
+    keep = norms > 0
+    return float(((g[keep] @ basis).norm(dim=1) / norms[keep]).mean())
+
+
+def span_basis(vectors: Tensor, rtol: float = 1e-6) -> Tensor:
+    """An orthonormal basis [d, r] of the span of the columns of ``vectors`` [d, n] (rank r)."""
+    u, sv, _ = torch.linalg.svd(vectors, full_matrices=False)
+    return u[:, sv > rtol * sv.max()] if sv.numel() and sv.max() > 0 else u[:, :0]

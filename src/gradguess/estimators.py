@@ -50,6 +50,7 @@ METHODS = {
     "self_sharpening": Method("activations", guesses.self_sharpening_guess,
                               needs_targets=True, exact_last=True),
     "singular_power": Method("activations", guesses.singular_power_guess),
+    "w_transpose_debiased": Method("activations", guesses.debiased_w_transpose_guess),
 }
 
 
@@ -147,6 +148,7 @@ def _activation_space_step(model, x, targets, method, mode, generator, options) 
     if method.needs_targets:
         options = {**options, "targets": targets}
     ys = method.guess(model, trace, generator, **options)
+    ys, zs = ys if isinstance(ys, tuple) else (ys, ys)  # a guess may step along z != y
     n = len(ys)
     perturbed = range(n - 1) if method.exact_last else range(n)
     if mode == "global" and perturbed:
@@ -159,7 +161,7 @@ def _activation_space_step(model, x, targets, method, mode, generator, options) 
                        for i in perturbed}
     batch = x.shape[0]  # the loss is a batch mean: dL/ds_i[b] = dloss_b/ds_i[b] / B
     for i, layer in enumerate(model.layers):
-        grad_s = ys[i] if i not in derivatives else _per_example(derivatives[i], ys[i]) * ys[i]
+        grad_s = zs[i] if i not in derivatives else _per_example(derivatives[i], zs[i]) * zs[i]
         write_linear_grad(layer, trace.inputs[i], grad_s / batch)
     return loss
 

@@ -162,6 +162,26 @@ def singular_power_guess(model, trace, generator, p: float = 1.0) -> list[Tensor
             + [normal(trace.preactivations[-1])])
 
 
+def debiased_w_transpose_guess(model, trace, generator) -> tuple[list[Tensor], list[Tensor]]:
+    """W^T with its covariance undone (beyond the paper: its first open question, A.1).
+
+    The W^T guess y = A eps, A = D_i W_{i+1}^T, has Cov(y) = A A^T, so E[(g.y) y] = A A^T g.
+    Stepping along (g.y) z with z = (A A^T)^+ y = (A^+)^T eps instead gives
+    E[(g.y) z] = (A A^T)^+ A A^T g = P g, the projection of g onto range(A), which is g
+    itself for a hidden layer's true gradient. The JVP is still taken along y.
+    Returns (tangents y, update directions z); the last layer's are the same normal guess.
+    """
+    pre = trace.preactivations
+    tangents, updates = [], []
+    for i in range(len(pre) - 1):
+        eps = _normal_like(pre[i + 1], generator)
+        a = relu_mask(pre[i]).unsqueeze(-1) * model.layers[i + 1].weight.T  # [B, d_i, d_{i+1}]
+        tangents.append((a @ eps.unsqueeze(-1)).squeeze(-1))
+        updates.append((torch.linalg.pinv(a).transpose(-1, -2) @ eps.unsqueeze(-1)).squeeze(-1))
+    last = _normal_like(pre[-1], generator)
+    return tangents + [last], updates + [last]
+
+
 # --- weight-space guesses ----------------------------------------------------------------
 
 def directional_guess(params: list[Tensor], generator) -> list[Tensor]:

@@ -276,3 +276,11 @@ def test_debiased_w_transpose_averages_to_the_true_gradient(net):
     grads = preactivation_grads(model, x[:1], y[:1])
     for i in range(len(model.layers) - 1):  # hidden layers: the bias gradient is dL/ds_i
         assert cosine_similarity(average[2 * i + 1], grads[i][0]) > 0.95, i
+
+
+def test_updates_carry_no_autograd_graph(net):
+    model, x, y = net
+    for method in METHODS:
+        estimate_gradient(model, x, y, method, "global", torch.Generator().manual_seed(0),
+                          **OPTIONS.get(method, {}))
+        assert not any(p.grad.requires_grad for p in model.parameters()), method

@@ -147,7 +147,8 @@ def _activation_space_step(model, x, targets, method, mode, generator, options) 
         loss = F.cross_entropy(model(x, trace=trace), targets)
     if method.needs_targets:
         options = {**options, "targets": targets}
-    ys = method.guess(model, trace, generator, **options)
+    with torch.no_grad():  # guesses read the weights; no graph is needed through them
+        ys = method.guess(model, trace, generator, **options)
     ys, zs = ys if isinstance(ys, tuple) else (ys, ys)  # a guess may step along z != y
     n = len(ys)
     perturbed = range(n - 1) if method.exact_last else range(n)

@@ -6,7 +6,7 @@ from gradguess.estimators import backprop_gradient
 from gradguess.metrics import (as_directional_step, best_loss_reduction, cosine_similarity, effective_rank,
                                mean_projection_cosine, span_basis,
                                layer_cosines, one_step_effectiveness, principal_basis,
-                               projection_cosine, random_basis)
+                               projection_cosine, random_basis, rank_correlation)
 
 
 def test_cosine_similarity_of_lists():
@@ -93,3 +93,10 @@ def test_mean_projection_cosine_and_span_basis():
     span = span_basis(columns)
     assert span.shape == (10, 2)  # rank 2, not 4
     torch.testing.assert_close(span.T @ span, torch.eye(2), atol=1e-5, rtol=0)
+
+
+def test_rank_correlation():
+    assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert rank_correlation([1, 2, 3, 4], [9, 3, 2, 1]) == pytest.approx(-1.0)
+    assert rank_correlation([1, 2, 3, 4], [1, 100, 2, 3]) == pytest.approx(0.4)  # ranks, not values
+    assert rank_correlation([1, 2, 2, 3], [1, 2, 2, 3]) == pytest.approx(1.0)  # ties

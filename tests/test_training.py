@@ -3,8 +3,8 @@ import torch
 
 from gradguess.models import MLP
 from gradguess.scales import SCALES, get_scale, resolve_device
-from gradguess.training import (OPTIMIZERS, guess_quality_along_backprop, make_optimizer, train,
-                                train_mlp)
+from gradguess.training import (OPTIMIZERS, guess_quality_along_backprop, make_optimizer, probe,
+                                train, train_mlp)
 
 from conftest import blobs
 
@@ -110,3 +110,19 @@ def test_train_mlp_is_seeded():
     b = train_mlp(data, depth=2, width=16, method="w_transpose", seed=3, epochs=2, batch_size=20)
     c = train_mlp(data, depth=2, width=16, method="w_transpose", seed=4, epochs=2, batch_size=20)
     assert a["train_loss"] == b["train_loss"] != c["train_loss"]
+
+
+def test_on_epoch_records_probe_scores_before_and_after_each_epoch():
+    data = blobs()
+    torch.manual_seed(0)
+    model = MLP(data.in_features, 16, 3, data.num_classes)
+    x, y = data.train_x[:32], data.train_y[:32]
+    rng = torch.Generator().manual_seed(5)
+    history = train(model, data, "self_sharpening", epochs=3, batch_size=20, progress=False,
+                    optimizer="stable_adamw", lr=1e-2,
+                    on_epoch=lambda m: probe(m, x, y, "self_sharpening", rng))
+    assert len(history["cosine"]) == len(history["effective_rank"]) == 4  # init + 3 epochs
+    assert all(len(r) == 3 and 1 <= min(r) for r in history["effective_rank"])
+    # self-sharpening's last layer is the exact gradient: cosine 1 there
+    assert history["layer_cosines"][-1][-1] == pytest.approx(1.0)
+    assert all(p.grad is None for p in model.parameters())  # probing leaves no gradient behind

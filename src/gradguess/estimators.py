@@ -66,8 +66,22 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+def cross_entropy_per_example(logits: Tensor, targets: Tensor) -> Tensor:
+    """Cross-entropy of every example: logits ``[B, C]`` give ``[B]``; the logits
+    ``[R, B, C]`` of R stacked replicates (one target per example) give ``[R, B]``."""
+    targets = targets.expand(logits.shape[:-1])
+    return F.cross_entropy(logits.flatten(0, -2), targets.flatten(),
+                           reduction="none").view(logits.shape[:-1])
+
+
 def per_example_loss(model, x: Tensor, targets: Tensor, perturbations=None) -> Tensor:
-    return F.cross_entropy(model(x, perturbations), targets, reduction="none")
+    return cross_entropy_per_example(model(x, perturbations), targets)
+
+
+def batch_loss(model, x: Tensor, targets: Tensor) -> Tensor:
+    """The batch-mean cross-entropy L, one per replicate for a stacked model (then the
+    gradient of their sum is every replicate's own gradient)."""
+    return per_example_loss(model, x, targets).mean(-1)
 
 
 def preactivation_jvp(model, x: Tensor, targets: Tensor, tangents: list) -> Tensor:
@@ -93,6 +107,10 @@ def preactivation_jvp(model, x: Tensor, targets: Tensor, tangents: list) -> Tens
 
 def weight_jvp(model, x: Tensor, targets: Tensor, tangents: dict[str, Tensor]) -> Tensor:
     """Directional derivative of the batch-mean loss along a weight direction: one JVP."""
+    if getattr(model, "replicates", None) is not None:
+        raise ValueError("weight-space guesses (directional descent) take one JVP over all "
+                         "weights; they are not implemented for stacked replicates: train "
+                         "the replicates one by one")
     names = list(tangents)
     params = dict(model.named_parameters())
 
@@ -110,8 +128,8 @@ def backprop_gradient(model, x: Tensor, targets: Tensor) -> tuple[Tensor, list[T
     """The true gradient of the batch-mean loss by autograd: for reference and metrics."""
     params = [p for p in model.parameters() if p.requires_grad]
     with torch.enable_grad():
-        loss = F.cross_entropy(model(x), targets)
-        grads = torch.autograd.grad(loss, params)
+        loss = batch_loss(model, x, targets)
+        grads = torch.autograd.grad(loss.sum(), params)
     return loss.detach(), list(grads)
 
 
@@ -130,21 +148,26 @@ def per_example_gradients(model, x: Tensor, targets: Tensor) -> tuple[Tensor, li
 
 
 def write_linear_grad(layer, x_in: Tensor, grad_s: Tensor) -> None:
-    """dL/dW = sum over batch (and tokens) of grad_s x_in^T; dL/db = sum of grad_s."""
-    g = grad_s.reshape(-1, grad_s.shape[-1])
-    layer.weight.grad = g.T @ x_in.reshape(-1, x_in.shape[-1])
+    """dL/dW = sum over batch (and tokens) of grad_s x_in^T; dL/db = sum of grad_s.
+
+    For stacked replicates (weight ``[R, out, in]``) the sums run per replicate.
+    """
+    lead = grad_s.shape[:layer.weight.dim() - 2]  # () or (R,)
+    g = grad_s.reshape(*lead, -1, grad_s.shape[-1])
+    layer.weight.grad = g.transpose(-1, -2) @ x_in.reshape(*lead, -1, x_in.shape[-1])
     if layer.bias is not None:
-        layer.bias.grad = g.sum(0)
+        layer.bias.grad = g.sum(-2)
 
 
 def _per_example(values: Tensor, like: Tensor) -> Tensor:
-    return values.view(-1, *([1] * (like.dim() - 1)))
+    """Per-example values ([B] or [R, B]) shaped to broadcast against ``like``."""
+    return values.view(*values.shape, *([1] * (like.dim() - values.dim())))
 
 
 def _activation_space_step(model, x, targets, method, mode, generator, options) -> Tensor:
     trace = Trace()
     with torch.no_grad():
-        loss = F.cross_entropy(model(x, trace=trace), targets)
+        loss = cross_entropy_per_example(model(x, trace=trace), targets).mean(-1)
     if method.needs_targets:
         options = {**options, "targets": targets}
     with torch.no_grad():  # guesses read the weights; no graph is needed through them
@@ -160,7 +183,7 @@ def _activation_space_step(model, x, targets, method, mode, generator, options) 
         derivatives = {i: preactivation_jvp(model, x, targets,
                                             [ys[i] if j == i else None for j in range(n)])
                        for i in perturbed}
-    batch = x.shape[0]  # the loss is a batch mean: dL/ds_i[b] = dloss_b/ds_i[b] / B
+    batch = targets.shape[-1]  # the loss is a batch mean: dL/ds_i[b] = dloss_b/ds_i[b] / B
     for i, layer in enumerate(model.layers):
         grad_s = zs[i] if i not in derivatives else _per_example(derivatives[i], zs[i]) * zs[i]
         write_linear_grad(layer, trace.inputs[i], grad_s / batch)
@@ -199,7 +222,8 @@ def estimate_gradient(model, x: Tensor, targets: Tensor, method: str = "w_transp
 
     ``method`` names an entry of `METHODS`; ``options`` go to its guess function (e.g.
     ``k=2`` for ``downstream``, ``p=3`` for ``singular_power``, ``cosine=0.02`` for
-    ``matched_cosine``). Returns the batch loss before the step (detached).
+    ``matched_cosine``). Returns the batch loss before the step (detached; one per
+    replicate for a stacked model).
     """
     spec = get_method(method)
     check_mode(mode)
@@ -207,8 +231,8 @@ def estimate_gradient(model, x: Tensor, targets: Tensor, method: str = "w_transp
         if options:
             raise TypeError(f"backprop takes no options, got {sorted(options)}")
         model.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), targets)
-        loss.backward()
+        loss = batch_loss(model, x, targets)
+        loss.sum().backward()
         return loss.detach()
     step = _activation_space_step if spec.space == "activations" else _weight_space_step
     return step(model, x, targets, spec, mode, generator, options)

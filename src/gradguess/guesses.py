@@ -144,18 +144,34 @@ def self_sharpening_guess(model, trace, generator, targets: Tensor, low: float =
             + [error_vector(trace.preactivations[-1], targets)])
 
 
-def singular_power_guess(model, trace, generator, p: float = 1.0) -> list[Tensor]:
+def powered_weights(model, p) -> list[Tensor | None]:
+    """U S^p V^T for every W_j = U S V^T but the first (which never pulls a guess back).
+
+    ``p`` is a number, or for a stacked model one power per replicate (a sequence of R).
+    """
+    power = torch.as_tensor(p, dtype=torch.float64)
+    if power.dim() > 1 or not bool((power > 0).all()):
+        raise ValueError(f"singular_power_guess needs p > 0 (one number, or one per replicate), "
+                         f"got p={p!r}")
+    weights = [None]
+    for layer in model.layers[1:]:
+        u, sv, vh = torch.linalg.svd(layer.weight.detach(), full_matrices=False)
+        exponent = power.to(sv).view(-1, 1) if power.dim() == 1 else power.to(sv)
+        weights.append((u * sv.pow(exponent).unsqueeze(-2)) @ vh)  # also stacked [R, m, n]
+    return weights
+
+
+def singular_power_guess(model, trace, generator, p=1.0,
+                         weights: list | None = None) -> list[Tensor]:
     """W^T with W's singular values raised to the power p (paper §3, Fig. 4).
 
     With W_{i+1} = U S V^T, y_i = mask(s_i) * (U S^p V^T)^T eps, eps ~ N(0, I). p = 1 is W^T;
     larger p lets a few singular directions dominate the guess. Last layer: random normal.
+    ``weights``, from `powered_weights`, saves the SVDs when they were computed a few steps
+    ago (then the guess uses slightly stale singular vectors).
     """
-    if not p > 0:
-        raise ValueError(f"singular_power_guess needs p > 0, got p={p!r}")
-    weights = [None]  # W_0 never pulls a guess back
-    for layer in model.layers[1:]:
-        u, sv, vh = torch.linalg.svd(layer.weight.detach(), full_matrices=False)
-        weights.append((u * sv.pow(p)) @ vh)
+    if weights is None:
+        weights = powered_weights(model, p)
     normal = lambda t: _normal_like(t, generator)
     return (_pulled_back_noise(model, trace, normal, 1, through_nonlinearity=False,
                                weights=weights)

@@ -1,6 +1,7 @@
 """How good a guess is: cosine similarity, one-step effectiveness, effective rank, subspaces."""
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -20,6 +21,13 @@ def cosine_similarity(a, b) -> float:
     a, b = flatten(a).detach().double(), flatten(b).detach().double()
     denominator = a.norm() * b.norm()
     return float(a @ b / denominator) if denominator > 0 else float("nan")
+
+
+def replicate_cosines(a: list[Tensor], b: list[Tensor]) -> Tensor:
+    """cos(a[r], b[r]) for every replicate r of two stacked gradients (tensors [R, ...])."""
+    a = torch.cat([t.detach().double().flatten(1) for t in a], 1)
+    b = torch.cat([t.detach().double().flatten(1) for t in b], 1)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
 
 
 def layer_cosines(model, guess: list[Tensor], true: list[Tensor]) -> list[float]:
@@ -90,15 +98,17 @@ def one_step_effectiveness(model, x, targets, guess: list[Tensor], true: list[Te
     return guessed / exact if exact > 0 else float("nan")
 
 
-def effective_rank(matrix: Tensor) -> float:
+def effective_rank(matrix: Tensor) -> float | Tensor:
     """Effective rank of Roy & Vetterli (2007): exp of the entropy of sigma_k / sum(sigma).
 
-    Equals r for a matrix with r equal non-zero singular values; 1 for rank one.
+    Equals r for a matrix with r equal non-zero singular values; 1 for rank one. A stack of
+    matrices ``[R, m, n]`` gives a tensor of R ranks.
     """
     sv = torch.linalg.svdvals(matrix.detach().double())
-    p = sv / sv.sum()
-    p = p[p > 0]
-    return float(torch.exp(-(p * p.log()).sum()))
+    p = sv / sv.sum(-1, keepdim=True)
+    entropy = -torch.where(p > 0, p * p.log(), torch.zeros_like(p)).sum(-1)
+    ranks = torch.exp(entropy)
+    return float(ranks) if ranks.dim() == 0 else ranks
 
 
 def principal_basis(samples: Tensor, k: int, center: bool = True) -> Tensor:
@@ -142,3 +152,17 @@ def span_basis(vectors: Tensor, rtol: float = 1e-6) -> Tensor:
     """An orthonormal basis [d, r] of the span of the columns of ``vectors`` [d, n] (rank r)."""
     u, sv, _ = torch.linalg.svd(vectors, full_matrices=False)
     return u[:, sv > rtol * sv.max()] if sv.numel() and sv.max() > 0 else u[:, :0]
+
+
+def _ranks(values) -> np.ndarray:
+    values = np.asarray(values, dtype=float)
+    ranks = np.empty(len(values))
+    ranks[values.argsort(kind="stable")] = np.arange(len(values))
+    for v in np.unique(values):  # ties share their mean rank
+        ranks[values == v] = ranks[values == v].mean()
+    return ranks
+
+
+def rank_correlation(a, b) -> float:
+    """Spearman's rank correlation: Pearson's correlation of the ranks."""
+    return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])

@@ -13,7 +13,13 @@ Every model in the book follows one small protocol, so the estimators in
 
 Pre-activations may carry extra token dimensions (``[B, ..., d]``) as long as the batch
 dimension comes first; the update of a layer sums over all leading dimensions.
+
+A model may also stack R independent replicates (`StackedMLP`): its weights are
+``[R, out, in]``, every x_i and s_i is ``[R, B, ..., d]``, and its loss is the sum over
+replicates of each one's batch mean, so each replicate gets exactly its own gradient.
 """
+import math
+
 from dataclasses import dataclass, field
 
 import torch
@@ -43,6 +49,16 @@ def linear_site(i: int, layer: nn.Linear, x: Tensor, perturbations=None,
     return s
 
 
+def mlp_sizes(in_features: int, width: int, depth: int, num_classes: int) -> list[int]:
+    """Layer sizes [in, width, ..., width, classes] of a ``depth``-layer MLP, checked."""
+    if depth < 1 or width < 1 or in_features < 1 or num_classes < 2:
+        raise ValueError(
+            f"MLP needs depth >= 1, width >= 1, in_features >= 1 and num_classes >= 2; "
+            f"got depth={depth}, width={width}, in_features={in_features}, "
+            f"num_classes={num_classes}")
+    return [in_features] + [width] * (depth - 1) + [num_classes]
+
+
 class MLP(nn.Module):
     """ReLU MLP with ``depth`` linear layers: ``depth - 1`` hidden layers of ``width`` units.
 
@@ -52,12 +68,7 @@ class MLP(nn.Module):
 
     def __init__(self, in_features: int, width: int, depth: int, num_classes: int):
         super().__init__()
-        if depth < 1 or width < 1 or in_features < 1 or num_classes < 2:
-            raise ValueError(
-                f"MLP needs depth >= 1, width >= 1, in_features >= 1 and num_classes >= 2; "
-                f"got depth={depth}, width={width}, in_features={in_features}, "
-                f"num_classes={num_classes}")
-        sizes = [in_features] + [width] * (depth - 1) + [num_classes]
+        sizes = mlp_sizes(in_features, width, depth, num_classes)
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
 
     def forward(self, x: Tensor, perturbations=None, trace: Trace | None = None) -> Tensor:
@@ -67,6 +78,71 @@ class MLP(nn.Module):
             s = linear_site(i, layer, h, perturbations, trace)
             h = s if i == last else torch.relu(s)
         return h
+
+
+class StackedLinear(nn.Module):
+    """R independent linear maps applied side by side: s[r] = x[r] W[r]^T + b[r]."""
+
+    def __init__(self, replicates: int, in_features: int, out_features: int):
+        super().__init__()
+        bound = 1 / math.sqrt(in_features)  # nn.Linear's default initialisation, per replicate
+        self.weight = nn.Parameter(torch.empty(replicates, out_features, in_features)
+                                   .uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(replicates, out_features).uniform_(-bound, bound))
+
+    def forward(self, x: Tensor) -> Tensor:  # x: [R, B, in]
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+
+
+class StackedMLP(nn.Module):
+    """R independent `MLP` replicates trained side by side with batched matmuls.
+
+    Every replicate sees the same batch ``x`` (``[B, ...]``, flattened per example) and
+    returns its own logits: ``[R, B, classes]``. Replicates differ in initialisation and in
+    the guesses drawn for them. `stack_mlps` builds one from existing MLPs, `unstack` gives
+    replicate r back as an `MLP`.
+    """
+
+    def __init__(self, in_features: int, width: int, depth: int, num_classes: int,
+                 replicates: int):
+        super().__init__()
+        if not isinstance(replicates, int) or replicates < 1:
+            raise ValueError(f"StackedMLP needs an integer replicates >= 1, got {replicates!r}")
+        sizes = mlp_sizes(in_features, width, depth, num_classes)
+        self.replicates = replicates
+        self.layers = nn.ModuleList(StackedLinear(replicates, a, b)
+                                    for a, b in zip(sizes[:-1], sizes[1:]))
+
+    def forward(self, x: Tensor, perturbations=None, trace: Trace | None = None) -> Tensor:
+        h = x.flatten(1).expand(self.replicates, -1, -1)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            s = linear_site(i, layer, h, perturbations, trace)
+            h = s if i == last else torch.relu(s)
+        return h
+
+    def unstack(self, r: int) -> MLP:
+        sizes = [self.layers[0].weight.shape[2]] + [l.weight.shape[1] for l in self.layers]
+        model = MLP(sizes[0], sizes[1], len(self.layers), sizes[-1]).to(self.layers[0].weight)
+        with torch.no_grad():
+            for single, stacked in zip(model.layers, self.layers):
+                single.weight.copy_(stacked.weight[r])
+                single.bias.copy_(stacked.bias[r])
+        return model
+
+
+def stack_mlps(models: list[MLP]) -> StackedMLP:
+    """Stack MLPs of one shape into a `StackedMLP` whose replicate r is ``models[r]``."""
+    first = models[0].layers
+    sizes = [first[0].in_features] + [l.out_features for l in first]
+    if any([l.weight.shape for l in m.layers] != [l.weight.shape for l in first] for m in models):
+        raise ValueError("stack_mlps needs MLPs of one shape")
+    stacked = StackedMLP(sizes[0], sizes[1], len(first), sizes[-1], len(models)).to(first[0].weight)
+    with torch.no_grad():
+        for i, layer in enumerate(stacked.layers):
+            layer.weight.copy_(torch.stack([m.layers[i].weight for m in models]))
+            layer.bias.copy_(torch.stack([m.layers[i].bias for m in models]))
+    return stacked
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -20,16 +20,13 @@ class Scale:
     epochs: int
     seeds: int  # independent replicates per configuration
     trajectory_steps: int  # backprop steps along which guesses are scored
-    widths: tuple[int, ...]  # MLP widths of the paper's grids, shrunk at small scale
 
 
 SCALES = {
     "small": Scale("small", "2-core CPU, minutes: subsets, few epochs, narrow MLPs",
-                   train_size=6000, test_size=2000, epochs=2, seeds=2, trajectory_steps=20,
-                   widths=(64, 256)),
+                   train_size=6000, test_size=2000, epochs=2, seeds=2, trajectory_steps=20),
     "paper": Scale("paper", "the paper's protocol on a GPU: full data, (3|6) x (128|1024) MLPs",
-                   train_size=None, test_size=None, epochs=50, seeds=3, trajectory_steps=200,
-                   widths=(128, 1024)),
+                   train_size=None, test_size=None, epochs=50, seeds=3, trajectory_steps=200),
 }
 
 

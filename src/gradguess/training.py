@@ -7,8 +7,9 @@ from tqdm import tqdm  # plain text bars: no widgets in executed notebooks
 
 from .estimators import (backprop_gradient, check_mode, estimate_gradient, get_method,
                          guessed_gradient)
-from .metrics import cosine_similarity, layer_cosines, one_step_effectiveness
-from .models import MLP
+from .metrics import (cosine_similarity, effective_rank, layer_cosines, one_step_effectiveness,
+                      replicate_cosines)
+from .models import MLP, StackedMLP
 
 OPTIMIZERS = ("adamw", "sgd", "sgd_momentum", "stable_adamw")
 
@@ -34,10 +35,12 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0,
 
 
 @torch.no_grad()
-def accuracy(model, x, y, batch_size: int = 4096) -> float:
-    correct = sum(int((model(x[i:i + batch_size]).argmax(-1) == y[i:i + batch_size]).sum())
+def accuracy(model, x, y, batch_size: int = 4096) -> float | list[float]:
+    """Fraction of ``x`` classified as ``y``; one per replicate for a stacked model."""
+    correct = sum((model(x[i:i + batch_size]).argmax(-1) == y[i:i + batch_size]).sum(-1)
                   for i in range(0, len(y), batch_size))
-    return correct / len(y)
+    fraction = correct.double() / len(y)
+    return float(fraction) if fraction.dim() == 0 else fraction.tolist()
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator, device):
@@ -46,16 +49,30 @@ def _batches(n: int, batch_size: int, generator: torch.Generator, device):
         yield order[i:i + batch_size]
 
 
-def _check_batch_size(batch_size: int, n: int) -> None:
+def _endless_batches(n: int, batch_size: int, generator: torch.Generator, device):
+    """Batches of `_batches`, epoch after epoch, for loops counted in steps."""
+    while True:
+        yield from _batches(n, batch_size, generator, device)
+
+
+def _start(model, data, batch_size: int, optimizer: str, lr: float, weight_decay: float,
+           seed: int):
+    """What every loop begins with: checks, the optimizer, and the two seeded generators
+    (batch order on the CPU; guesses on the data's device)."""
+    n = len(data.train_y)
     if not isinstance(batch_size, int) or not 1 <= batch_size <= n:
         raise ValueError(f"batch_size must be an integer in 1..{n} (the training set), "
                          f"got {batch_size!r}")
+    opt = make_optimizer(optimizer, model.parameters(), lr, weight_decay)
+    order_rng = torch.Generator().manual_seed(seed)
+    guess_rng = torch.Generator(device=data.train_x.device).manual_seed(seed + 1)
+    return opt, order_rng, guess_rng
 
 
 def train(model, data, method: str = "w_transpose", *, epochs: int, batch_size: int = 128,
           optimizer: str = "adamw", lr: float = 1e-3, weight_decay: float = 0.0,
           mode: str = "global", seed: int = 0, progress: bool = True,
-          method_options: dict | None = None) -> dict:
+          method_options: dict | None = None, on_epoch=None) -> dict:
     """Train ``model`` on ``data`` (a `gradguess.data.Dataset` on the model's device).
 
     Every step draws a batch, writes the method's gradient into ``.grad`` and steps the
@@ -65,22 +82,26 @@ def train(model, data, method: str = "w_transpose", *, epochs: int, batch_size: 
 
     Returns a dict with per-epoch ``train_acc``, ``test_acc``, ``train_loss`` (mean over
     the epoch's steps), ``diverged``, ``diverged_at_step``, ``steps`` and ``seconds``.
+    ``on_epoch(model) -> dict``, if given, is called before the first epoch and after each
+    one; its values are appended to the history under its keys (e.g. `probe`'s scores).
     """
     get_method(method)
     check_mode(mode)
     if not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
-    n = len(data.train_y)
-    _check_batch_size(batch_size, n)
-    device = data.train_x.device
-    opt = make_optimizer(optimizer, model.parameters(), lr, weight_decay)
-    order_rng = torch.Generator().manual_seed(seed)
-    guess_rng = torch.Generator(device=device).manual_seed(seed + 1)
+    opt, order_rng, guess_rng = _start(model, data, batch_size, optimizer, lr, weight_decay, seed)
+    n, device = len(data.train_y), data.train_x.device
     history = {"train_acc": [], "test_acc": [], "train_loss": [], "diverged": False,
                "diverged_at_step": None, "steps": 0}
     start = time.perf_counter()
     bar = tqdm(total=epochs * (n // batch_size), disable=not progress, leave=False,
                desc=f"{method} {optimizer} lr={lr:g}")
+
+    def observe():
+        for key, value in (on_epoch(model) if on_epoch else {}).items():
+            history.setdefault(key, []).append(value)
+
+    observe()
     for _ in range(epochs):
         losses = []
         for idx in _batches(n, batch_size, order_rng, device):
@@ -99,11 +120,32 @@ def train(model, data, method: str = "w_transpose", *, epochs: int, batch_size: 
         history["train_loss"].append(sum(losses) / max(len(losses), 1))
         history["train_acc"].append(accuracy(model, data.train_x, data.train_y))
         history["test_acc"].append(accuracy(model, data.test_x, data.test_y))
+        observe()
         bar.set_postfix(train=f"{history['train_acc'][-1]:.3f}",
                         test=f"{history['test_acc'][-1]:.3f}")
     bar.close()
     history["seconds"] = time.perf_counter() - start
     return history
+
+
+def probe(model, x, targets, method: str, generator: torch.Generator, mode: str = "global",
+          repeats: int = 1, **options) -> dict:
+    """Score ``method``'s guess at the current weights on a fixed batch, without stepping.
+
+    Returns its ``cosine`` with the true gradient and its ``layer_cosines`` (one per layer
+    of ``model.layers``), each the mean over ``repeats`` independent guesses, and the
+    ``effective_rank`` of every layer's weight matrix.
+    """
+    _, true = backprop_gradient(model, x, targets)
+    cosines, per_layer = [], []
+    for _ in range(repeats):
+        guess = guessed_gradient(model, x, targets, method, mode, generator, **options)
+        cosines.append(cosine_similarity(guess, true))
+        per_layer.append(layer_cosines(model, guess, true))
+    model.zero_grad(set_to_none=True)
+    return {"cosine": sum(cosines) / repeats,
+            "layer_cosines": [sum(c) / repeats for c in zip(*per_layer)],
+            "effective_rank": [effective_rank(layer.weight) for layer in model.layers]}
 
 
 def guess_quality_along_backprop(model, data, methods, *, steps: int, batch_size: int = 128,
@@ -126,21 +168,13 @@ def guess_quality_along_backprop(model, data, methods, *, steps: int, batch_size
     for m in methods:
         get_method(m)
     check_mode(mode)
-    n = len(data.train_y)
-    _check_batch_size(batch_size, n)
-    device = data.train_x.device
-    opt = make_optimizer(optimizer, model.parameters(), lr)
-    order_rng = torch.Generator().manual_seed(seed)
-    guess_rng = torch.Generator(device=device).manual_seed(seed + 1)
+    opt, order_rng, guess_rng = _start(model, data, batch_size, optimizer, lr, 0.0, seed)
+    batches = _endless_batches(len(data.train_y), batch_size, order_rng, data.train_x.device)
     options = method_options or {}
     scores = {m: {"cosine": [], "layer_cosines": [], "effectiveness": [], "effectiveness_raw": []}
               for m in methods}
-    batches = iter(())
     for _ in tqdm(range(steps), disable=not progress, leave=False, desc=f"along backprop ({mode})"):
-        idx = next(batches, None)
-        if idx is None:
-            batches = _batches(n, batch_size, order_rng, device)
-            idx = next(batches)
+        idx = next(batches)
         x, y = data.train_x[idx], data.train_y[idx]
         _, true = backprop_gradient(model, x, y)
         for m in methods:
@@ -164,3 +198,77 @@ def train_mlp(data, *, depth: int, width: int, method: str, seed: int = 0, **opt
     torch.manual_seed(seed)
     model = MLP(data.in_features, width, depth, data.num_classes).to(data.train_x.device)
     return train(model, data, method, seed=seed, progress=False, **options)
+
+
+def train_replicates(model: StackedMLP, data, method: str = "w_transpose", *, steps: int,
+                     batch_size: int = 128, optimizer: str = "adamw", lr: float = 1e-3,
+                     weight_decay: float = 0.0, seed: int = 0, record_every: int = 100,
+                     method_options: dict | None = None, refresh_options=None,
+                     refresh_every: int = 1, progress: bool = True) -> dict:
+    """Train the R replicates of a `StackedMLP` side by side for ``steps`` batches.
+
+    All replicates see the same batches (order fixed by ``seed``) and draw their own guesses.
+    Every ``record_every`` steps (and at step 0) the guess about to be used is scored
+    against the true gradient (cosine per replicate, whole network and per layer) and the
+    effective rank of every weight matrix is taken. ``refresh_options(model) -> dict``, if
+    given, recomputes guess options from the weights every ``refresh_every`` steps (the
+    singular-value experiment's SVDs; exact at 1). Per-element optimizers (AdamW, SGD) keep
+    replicates independent; StableAdamW, whose update clipping pools a whole tensor, would
+    not, so it is refused here.
+
+    Returns per record ``step``, ``cosine`` [R], ``layer_cosines`` [layers][R],
+    ``effective_rank`` [layers][R], ``train_loss`` [R] (mean since the last record), and
+    at the end ``train_acc``, ``test_acc`` [R], ``diverged`` [R], ``seconds``.
+    """
+    get_method(method)
+    if get_method(method).space != "activations" and method != "backprop":
+        raise ValueError(f"train_replicates runs activation-space methods and backprop, "
+                         f"not {method!r}")
+    if optimizer == "stable_adamw":
+        raise ValueError("StableAdamW clips updates per tensor, which would couple stacked "
+                         "replicates; train them one by one with `train`")
+    if not isinstance(steps, int) or steps < 1 or not isinstance(record_every, int) \
+            or record_every < 1 or not isinstance(refresh_every, int) or refresh_every < 1:
+        raise ValueError(f"steps, record_every and refresh_every must be integers >= 1, got "
+                         f"{steps!r}, {record_every!r}, {refresh_every!r}")
+    opt, order_rng, guess_rng = _start(model, data, batch_size, optimizer, lr, weight_decay, seed)
+    batches = _endless_batches(len(data.train_y), batch_size, order_rng, data.train_x.device)
+    options = dict(method_options or {})
+    history = {"step": [], "cosine": [], "layer_cosines": [], "effective_rank": [],
+               "train_loss": []}
+    losses = []
+    start = time.perf_counter()
+    for step in tqdm(range(steps + 1), disable=not progress, leave=False,
+                     desc=f"{method} x{model.replicates}"):
+        idx = next(batches)
+        x, y = data.train_x[idx], data.train_y[idx]
+        if refresh_options is not None and step % refresh_every == 0:
+            options.update(refresh_options(model))
+        record = step % record_every == 0 or step == steps
+        if record:
+            _, true = backprop_gradient(model, x, y)
+        loss = estimate_gradient(model, x, y, method, "global", guess_rng, **options)
+        if record:
+            guess = [p.grad for p in model.parameters()]
+            history["step"].append(step)
+            history["cosine"].append(replicate_cosines(guess, true).tolist())
+            history["layer_cosines"].append([replicate_cosines(guess[2 * i:2 * i + 2],
+                                                               true[2 * i:2 * i + 2]).tolist()
+                                             for i in range(len(model.layers))])
+            history["effective_rank"].append([effective_rank(layer.weight).tolist()
+                                              for layer in model.layers])
+            history["train_loss"].append(torch.stack(losses).mean(0).tolist() if losses
+                                         else loss.tolist())
+            losses = []
+        if step == steps:
+            break  # the last record scores the final weights; no step after it
+        opt.step()
+        losses.append(loss)
+    finite = [bool(torch.isfinite(torch.stack([p[r].abs().max() for p in model.parameters()]))
+                   .all()) for r in range(model.replicates)]
+    history["diverged"] = [not f for f in finite]
+    history["train_acc"] = accuracy(model, data.train_x, data.train_y)
+    history["test_acc"] = accuracy(model, data.test_x, data.test_y)
+    history["seconds"] = time.perf_counter() - start
+    return history
+

@@ -1,22 +1,22 @@
-"""Training-step time of every method as a ratio to a backprop step, measured in one run.
+"""Training-step time of every method and estimator as a ratio to a backprop step, and peak memory,
+measured in one run.
 
-    python benchmarks/step_time.py [--depth 6] [--width 1024] [--batch-size 128]
+    python benchmarks/step_time.py [--depth 6] [--width 1024] [--batch-size 128] [--device auto]
 
-Each method's step (guess, JVP, update, optimizer step) is timed over the same batches,
-interleaved with the others so that machine load affects all alike; the median of the
-repeats is divided by backprop's median. A benchmark, not a test: it asserts nothing.
+Each step (guess, directional derivative, update, optimizer step) is timed over the same batch,
+interleaved with the others so that machine load affects all alike; the median of the repeats
+is divided by backprop's. Memory: the peak the gradient computation needs beyond the model's
+state (`gradguess.cost.peak_step_memory`). A benchmark, not a test: it asserts nothing.
 """
 import argparse
-import statistics
-import time
 
 import torch
 
-from gradguess.estimators import METHODS, estimate_gradient
+from gradguess.cost import MATMUL_UNITS, median_times, peak_step_memory, step_function
+from gradguess.estimators import METHODS
+from gradguess.fused import FUSED_METHODS
 from gradguess.models import MLP
 from gradguess.scales import resolve_device
-
-OPTIONS = {"downstream": {"k": 1}, "singular_power": {"p": 2.0}}
 
 
 def main():
@@ -25,7 +25,6 @@ def main():
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--mode", default="global", choices=["global", "per_layer"])
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
@@ -36,29 +35,26 @@ def main():
     x = torch.randn(args.batch_size, 784, device=device)
     y = torch.randint(0, 10, (args.batch_size,), device=device)
     generator = torch.Generator(device=device).manual_seed(0)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def step(method):
-        estimate_gradient(model, x, y, method, args.mode, generator, **OPTIONS.get(method, {}))
-        opt.step()
-
-    times = {m: [] for m in METHODS if m != "matched_cosine"}
-    for m in times:  # warm-up
-        step(m)
-    for _ in range(args.repeats):
-        for m in times:
-            sync()
-            start = time.perf_counter()
-            step(m)
-            sync()
-            times[m].append(time.perf_counter() - start)
-    base = statistics.median(times["backprop"])
-    print(f"{args.depth}x{args.width} MLP, batch {args.batch_size}, {args.mode} mode, {device}, "
+    variants = [("backprop", "exact")]
+    variants += [(m, "reference") for m, spec in METHODS.items()
+                 if spec.space != "exact" and m not in ("matched_cosine", "singular_power",
+                                                        "w_transpose_debiased")]
+    variants += [(m, e) for m in FUSED_METHODS for e in ("fused", "fused-lean")]
+    steps = {v: step_function(model, x, y, v[0], v[1], generator, opt) for v in variants}
+    times = median_times(steps, args.repeats, device)
+    base = times["backprop", "exact"]
+    print(f"{args.depth}x{args.width} MLP, batch {args.batch_size}, global mode, {device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"median of {args.repeats} steps")
-    print(f"{'method':26s}{'ms/step':>10s}{'x backprop':>12s}")
-    for m, ts in times.items():
-        print(f"{m:26s}{1e3 * statistics.median(ts):10.1f}{statistics.median(ts) / base:12.2f}")
+    print(f"{'method':26s}{'estimator':12s}{'ms/step':>9s}{'x backprop':>12s}{'bound':>7s}"
+          f"{'peak MiB':>10s}")
+    for (method, estimator), seconds in times.items():
+        units = MATMUL_UNITS.get(method if estimator != "reference" else f"{method} (reference)")
+        bound = f"{units / 3:.2f}" if units else "-"
+        gradient_only = step_function(model, x, y, method, estimator, generator)  # no optimizer
+        peak = peak_step_memory(gradient_only, (x, y), device) / 2 ** 20
+        print(f"{method:26s}{estimator:12s}{1e3 * seconds:9.1f}{seconds / base:12.2f}{bound:>7s}"
+              f"{peak:10.1f}")
 
 
 if __name__ == "__main__":

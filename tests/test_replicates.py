@@ -43,7 +43,7 @@ def test_stacked_backprop_is_each_replicates_own_gradient(replicas):
 
 
 @pytest.mark.parametrize("method", ["w_transpose", "activation_perturbation", "self_sharpening",
-                                    "singular_power"])
+                                    "singular_power", "activation_mixing", "downstream"])
 def test_stacked_guessed_update_equals_separate_ones(replicas, monkeypatch, method):
     """With the same guesses, the stacked estimator writes every replicate's own update."""
     mlps, stacked, x, y = replicas
@@ -130,3 +130,15 @@ def test_bad_replicate_requests():
         train_replicates(model, data, "w_transpose", steps=0)
     with pytest.raises(ValueError, match="one shape"):
         stack_mlps([MLP(8, 8, 3, 3), MLP(8, 16, 3, 3)])
+
+
+def test_stacked_mixing_mixes_within_each_replicate_only(replicas):
+    """Replicate 0's mixing guess does not change when another replicate's weights do."""
+    mlps, stacked, x, y = replicas
+    before = guesses.activation_mixing_guess(stacked, traced(stacked, x), torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        stacked.layers[0].weight[1].mul_(3.0)
+    after = guesses.activation_mixing_guess(stacked, traced(stacked, x), torch.Generator().manual_seed(1))
+    for b, a in zip(before[:-1], after[:-1]):
+        torch.testing.assert_close(a[0], b[0])
+        assert not torch.allclose(a[1], b[1])

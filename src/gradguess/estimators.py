@@ -154,9 +154,20 @@ def write_linear_grad(layer, x_in: Tensor, grad_s: Tensor) -> None:
     """
     lead = grad_s.shape[:layer.weight.dim() - 2]  # () or (R,)
     g = grad_s.reshape(*lead, -1, grad_s.shape[-1])
-    layer.weight.grad = g.transpose(-1, -2) @ x_in.reshape(*lead, -1, x_in.shape[-1])
+    x_in = x_in.reshape(*lead, -1, x_in.shape[-1])
+    _write(layer.weight, lambda out: torch.matmul(g.transpose(-1, -2), x_in, out=out))
     if layer.bias is not None:
-        layer.bias.grad = g.sum(-2)
+        _write(layer.bias, lambda out: torch.sum(g, -2, out=out))
+
+
+def _write(param, compute) -> None:
+    """Write into the existing .grad buffer (no new allocation per step), else a new one."""
+    grad = param.grad
+    if grad is not None and grad.shape == param.shape and grad.dtype == param.dtype \
+            and grad.is_contiguous():
+        compute(grad)
+    else:
+        param.grad = compute(None)
 
 
 def _per_example(values: Tensor, like: Tensor) -> Tensor:
@@ -230,7 +241,7 @@ def estimate_gradient(model, x: Tensor, targets: Tensor, method: str = "w_transp
     if spec.space == "exact":
         if options:
             raise TypeError(f"backprop takes no options, got {sorted(options)}")
-        model.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=False)  # backward then accumulates into the same buffers
         loss = batch_loss(model, x, targets)
         loss.sum().backward()
         return loss.detach()

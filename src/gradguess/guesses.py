@@ -6,7 +6,9 @@ Two kinds of guess:
   dL/ds_i[b], the gradient with respect to the pre-activation s_i = W_i x_i (paper §2.1,
   A.4). Signature ``guess(model, trace, generator, **options) -> list[Tensor]``, the i-th
   tensor shaped like ``trace.preactivations[i]``. Unless a method says otherwise the last
-  layer gets a random normal guess.
+  layer gets a random normal guess. Most are written per layer,
+  ``guess_at(model, pre, i, generator, **options) -> Tensor``, reading only s_0 .. s_{i+1},
+  so that a single forward pass can draw them (`gradguess.fused`).
 - *weight-space* guesses return a direction over the weights themselves
   (``guess(params, generator, **options) -> list[Tensor]``, shaped like ``params``).
 
@@ -30,49 +32,47 @@ def _normal_like(t: Tensor, generator) -> Tensor:
     return torch.randn(t.shape, generator=generator, device=t.device, dtype=t.dtype)
 
 
-def _pull_back(model, trace, v: Tensor, start: int, stop: int, weights=None) -> Tensor:
-    """Carry a vector v at s_start back to s_stop (stop < start) through the layers between.
+def _pulled_back_noise(model, pre, i: int, noise, k: int, through_nonlinearity: bool,
+                       weights=None) -> Tensor:
+    """Layer i's guess (i not the last): noise placed k layers downstream, pulled back.
 
-    Each step multiplies by W_j^T and then by the ReLU mask of s_{j-1}: the chain rule for
-    dL/ds, with v standing in for the unknown gradient at s_start. ``weights`` may replace
-    W_j by another matrix (used by the singular-value experiment).
+    The noise sits at s_{i+k}, or, with ``through_nonlinearity``, after the ReLU of s_{i+k}
+    (so its mask applies); never beyond the logits. Each step back multiplies by W_j^T and
+    then by the ReLU mask of s_{j-1}: the chain rule for dL/ds, with the noise standing in
+    for the unknown gradient. ``weights`` may replace W_j by another matrix (used by the
+    singular-value experiment). Reads s_i .. s_{i+k} only.
     """
-    for j in range(start, stop, -1):
+    last = len(model.layers) - 1
+    j = min(i + k, last)
+    v = noise(pre[j])
+    if through_nonlinearity and j < last:
+        v.masked_fill_(pre[j] <= 0, 0)  # times the ReLU mask of s_{i+k}
+    for j in range(j, i, -1):
         w = model.layers[j].weight if weights is None else weights[j]
-        v = (v @ w) * relu_mask(trace.preactivations[j - 1])
+        v = (v @ w).masked_fill_(pre[j - 1] <= 0, 0)  # the previous v is freed here
     return v
 
 
-def _pulled_back_noise(model, trace, noise, k: int, through_nonlinearity: bool,
-                       weights=None) -> list[Tensor]:
-    """Guesses for every layer but the last: noise placed k layers downstream, pulled back.
-
-    For layer i the noise sits at s_{i+k}, or, with ``through_nonlinearity``, after the
-    ReLU of s_{i+k} (so its mask applies); never beyond the logits.
-    """
-    pre = trace.preactivations
-    last = len(pre) - 1
-    guesses = []
-    for i in range(last):
-        j = min(i + k, last)
-        eps = noise(pre[j])
-        if through_nonlinearity and j < last:
-            eps = eps * relu_mask(pre[j])
-        guesses.append(_pull_back(model, trace, eps, j, i, weights))
-    return guesses
+def _every_layer(guess_at, model, trace, generator, **options) -> list[Tensor]:
+    """A per-layer guess, drawn layer after layer (the order the fused estimator uses too)."""
+    return [guess_at(model, trace.preactivations, i, generator, **options)
+            for i in range(len(model.layers))]
 
 
 # --- activation-space guesses ------------------------------------------------------------
+# Each method is a per-layer function ``*_at(model, pre, i, generator, **options)``, giving
+# y_i from the pre-activations s_0 .. s_{i+1} (so a single forward pass can draw it), and the
+# list form ``*_guess(model, trace, generator, **options)`` over all layers.
 
-def activation_perturbation_guess(model, trace, generator) -> list[Tensor]:
+def activation_perturbation_at(model, pre, i, generator) -> Tensor:
     """Activation perturbation (Ren et al. 2022; paper A.4): y_i ~ N(0, I) for every layer.
 
     Unbiased: Cov(y) = I, so E[(g.y) y] = g.
     """
-    return [_normal_like(s, generator) for s in trace.preactivations]
+    return _normal_like(pre[i], generator)
 
 
-def activation_mixing_guess(model, trace, generator) -> list[Tensor]:
+def activation_mixing_at(model, pre, i, generator) -> Tensor:
     """Activation mixing (paper §2.2, A.4).
 
     y_i[b] = mask(s_i[b]) * sum_c alpha[b, c] x_{i+1}[c],  alpha ~ N(0, 1),
@@ -82,43 +82,52 @@ def activation_mixing_guess(model, trace, generator) -> list[Tensor]:
     so that every layer weighs alike in a global JVP. The last layer (no activations to
     mix) gets a random normal guess.
     """
-    guesses = []
-    for s in trace.preactivations[:-1]:
-        batch = s.shape[0]
-        alpha = torch.randn((batch, batch), generator=generator, device=s.device, dtype=s.dtype)
-        mixed = torch.einsum("bc,c...->b...", alpha, torch.relu(s)) * relu_mask(s)
-        norm = mixed.flatten(1).norm(dim=1).clamp_min(1e-12)
-        scale = math.sqrt(s[0].numel()) / norm
-        guesses.append(mixed * scale.view(-1, *([1] * (s.dim() - 1))))
-    guesses.append(_normal_like(trace.preactivations[-1], generator))
-    return guesses
+    s = pre[i]
+    if i == len(model.layers) - 1:
+        return _normal_like(s, generator)
+    if getattr(model, "replicates", None) is not None:  # stacked [R, B, ...]: mix per replicate
+        return torch.stack([_mix(s_r, generator) for s_r in s])
+    return _mix(s, generator)
 
 
-def w_transpose_guess(model, trace, generator) -> list[Tensor]:
+def _mix(s: Tensor, generator) -> Tensor:
+    batch = s.shape[0]
+    alpha = torch.randn((batch, batch), generator=generator, device=s.device, dtype=s.dtype)
+    mixed = torch.einsum("bc,c...->b...", alpha, torch.relu(s)) * relu_mask(s)
+    norm = mixed.flatten(1).norm(dim=1).clamp_min(1e-12)
+    scale = math.sqrt(s[0].numel()) / norm
+    return mixed * scale.view(-1, *([1] * (s.dim() - 1)))
+
+
+def w_transpose_at(model, pre, i, generator, weights=None) -> Tensor:
     """W^T (paper §2.1, A.4): y_i = mask(s_i) * (W_{i+1}^T eps),  eps ~ N(0, I).
 
     The guess lies in the range of W_{i+1}^T restricted to the active units, where the
     true dL/ds_i = mask(s_i) * W_{i+1}^T dL/ds_{i+1} lies too. Biased: Cov(y) =
-    D W^T W D with D = diag(mask) (A.1). Last layer: random normal.
+    D W^T W D with D = diag(mask) (A.1). Last layer: random normal. ``weights`` may
+    replace W_{i+1} (`singular_power_at`).
     """
     normal = lambda t: _normal_like(t, generator)
-    return (_pulled_back_noise(model, trace, normal, 1, through_nonlinearity=False)
-            + [normal(trace.preactivations[-1])])
+    if i == len(model.layers) - 1:
+        return normal(pre[i])
+    return _pulled_back_noise(model, pre, i, normal, 1, through_nonlinearity=False,
+                              weights=weights)
 
 
-def downstream_guess(model, trace, generator, k: int = 1) -> list[Tensor]:
+def downstream_at(model, pre, i, generator, k: int = 1) -> Tensor:
     """k-layer downstream, "partial backpropagation" (paper §2.1, A.4, Fig. 5).
 
     A random normal vector placed at x_{i+k+1} = ReLU(s_{i+k}) is pulled back through the
     next k layers, their masks and weights: y_i = d x_{i+k+1}/d s_i ^T eps. k = 1 is W^T with
     the next layer's mask added. Where fewer than k layers follow, eps sits at the logits.
-    Last layer: random normal.
+    Last layer: random normal. (Reads s_{i+k}: one forward pass can draw it only for k = 1.)
     """
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"downstream_guess needs an integer k >= 1, got k={k!r}")
     normal = lambda t: _normal_like(t, generator)
-    return (_pulled_back_noise(model, trace, normal, k, through_nonlinearity=True)
-            + [normal(trace.preactivations[-1])])
+    if i == len(model.layers) - 1:
+        return normal(pre[i])
+    return _pulled_back_noise(model, pre, i, normal, k, through_nonlinearity=True)
 
 
 def error_vector(logits: Tensor, targets: Tensor) -> Tensor:
@@ -126,11 +135,11 @@ def error_vector(logits: Tensor, targets: Tensor) -> Tensor:
     return torch.softmax(logits, dim=-1) - F.one_hot(targets, logits.shape[-1]).to(logits.dtype)
 
 
-def self_sharpening_guess(model, trace, generator, targets: Tensor, low: float = 0.0,
-                          high: float = 1.0) -> list[Tensor]:
+def self_sharpening_at(model, pre, i, generator, targets: Tensor, low: float = 0.0,
+                       high: float = 1.0) -> Tensor:
     """Self-sharpening (paper §3, A.4, Table 1): 1-layer downstream with uniform guesses.
 
-    Hidden layers: as `downstream_guess` with k = 1 but eps ~ U[low, high) (torch.rand,
+    Hidden layers: as `downstream_at` with k = 1 but eps ~ U[low, high) (torch.rand,
     U[0, 1), by default: "random uniform" as PyTorch code most plainly writes it; its
     non-zero mean is one more source of bias). The last layer gets the true error vector
     softmax - onehot, which the estimators use as that layer's exact gradient (not scaled
@@ -138,10 +147,38 @@ def self_sharpening_guess(model, trace, generator, targets: Tensor, low: float =
     """
     if not high > low:
         raise ValueError(f"self_sharpening_guess needs high > low, got low={low}, high={high}")
+    if i == len(model.layers) - 1:
+        return error_vector(pre[i], targets)
     uniform = lambda t: low + (high - low) * torch.rand(t.shape, generator=generator,
                                                         device=t.device, dtype=t.dtype)
-    return (_pulled_back_noise(model, trace, uniform, 1, through_nonlinearity=True)
-            + [error_vector(trace.preactivations[-1], targets)])
+    return _pulled_back_noise(model, pre, i, uniform, 1, through_nonlinearity=True)
+
+
+def activation_perturbation_guess(model, trace, generator) -> list[Tensor]:
+    """`activation_perturbation_at` for every layer."""
+    return _every_layer(activation_perturbation_at, model, trace, generator)
+
+
+def activation_mixing_guess(model, trace, generator) -> list[Tensor]:
+    """`activation_mixing_at` for every layer."""
+    return _every_layer(activation_mixing_at, model, trace, generator)
+
+
+def w_transpose_guess(model, trace, generator) -> list[Tensor]:
+    """`w_transpose_at` for every layer."""
+    return _every_layer(w_transpose_at, model, trace, generator)
+
+
+def downstream_guess(model, trace, generator, k: int = 1) -> list[Tensor]:
+    """`downstream_at` for every layer."""
+    return _every_layer(downstream_at, model, trace, generator, k=k)
+
+
+def self_sharpening_guess(model, trace, generator, targets: Tensor, low: float = 0.0,
+                          high: float = 1.0) -> list[Tensor]:
+    """`self_sharpening_at` for every layer."""
+    return _every_layer(self_sharpening_at, model, trace, generator, targets=targets, low=low,
+                        high=high)
 
 
 def powered_weights(model, p) -> list[Tensor | None]:
@@ -172,10 +209,7 @@ def singular_power_guess(model, trace, generator, p=1.0,
     """
     if weights is None:
         weights = powered_weights(model, p)
-    normal = lambda t: _normal_like(t, generator)
-    return (_pulled_back_noise(model, trace, normal, 1, through_nonlinearity=False,
-                               weights=weights)
-            + [normal(trace.preactivations[-1])])
+    return _every_layer(w_transpose_at, model, trace, generator, weights=weights)
 
 
 def debiased_w_transpose_guess(model, trace, generator) -> tuple[list[Tensor], list[Tensor]]:

@@ -7,11 +7,16 @@ from tqdm import tqdm  # plain text bars: no widgets in executed notebooks
 
 from .estimators import (backprop_gradient, check_mode, estimate_gradient, get_method,
                          guessed_gradient)
+from .fused import FUSED_METHODS, fused_gradient
 from .metrics import (cosine_similarity, effective_rank, layer_cosines, one_step_effectiveness,
                       replicate_cosines)
 from .models import MLP, StackedMLP
 
 OPTIMIZERS = ("adamw", "sgd", "sgd_momentum", "stable_adamw")
+# reference: torch.func.jvp (every method); fused: one forward pass (`gradguess.fused`);
+# fused-lean: the fused estimator's memory-lean mode (a second forward pass); auto: fused
+# where it applies (the same update, tested), else reference.
+ESTIMATORS = ("auto", "reference", "fused", "fused-lean")
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0,
@@ -49,6 +54,28 @@ def _batches(n: int, batch_size: int, generator: torch.Generator, device):
         yield order[i:i + batch_size]
 
 
+def resolve_estimator(estimator: str, model, method: str, mode: str, options: dict) -> str:
+    """The estimator a run uses: ``auto`` becomes ``fused`` where the fused estimator
+    applies (an MLP, the global mode, a method it runs, downstream with k = 1)."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
+    if estimator != "auto":
+        return estimator
+    fusable = (isinstance(model, (MLP, StackedMLP)) and mode == "global"
+               and method in FUSED_METHODS and options.get("k", 1) == 1)
+    return "fused" if fusable else "reference"
+
+
+def _gradient_writer(method: str, mode: str, estimator: str):
+    """The function that writes a step's gradient into .grad, for the chosen estimator."""
+    if estimator == "reference" or method == "backprop":
+        return lambda model, x, y, rng, **o: estimate_gradient(model, x, y, method, mode, rng, **o)
+    if mode != "global":
+        raise ValueError(f"the fused estimators run the global mode only, not {mode!r}")
+    fused_mode = "keep" if estimator == "fused" else "regenerate"
+    return lambda model, x, y, rng, **o: fused_gradient(model, x, y, method, rng, fused_mode, **o)
+
+
 def _endless_batches(n: int, batch_size: int, generator: torch.Generator, device):
     """Batches of `_batches`, epoch after epoch, for loops counted in steps."""
     while True:
@@ -72,7 +99,7 @@ def _start(model, data, batch_size: int, optimizer: str, lr: float, weight_decay
 def train(model, data, method: str = "w_transpose", *, epochs: int, batch_size: int = 128,
           optimizer: str = "adamw", lr: float = 1e-3, weight_decay: float = 0.0,
           mode: str = "global", seed: int = 0, progress: bool = True,
-          method_options: dict | None = None, on_epoch=None) -> dict:
+          method_options: dict | None = None, on_epoch=None, estimator: str = "auto") -> dict:
     """Train ``model`` on ``data`` (a `gradguess.data.Dataset` on the model's device).
 
     Every step draws a batch, writes the method's gradient into ``.grad`` and steps the
@@ -84,15 +111,19 @@ def train(model, data, method: str = "w_transpose", *, epochs: int, batch_size: 
     the epoch's steps), ``diverged``, ``diverged_at_step``, ``steps`` and ``seconds``.
     ``on_epoch(model) -> dict``, if given, is called before the first epoch and after each
     one; its values are appended to the history under its keys (e.g. `probe`'s scores).
+    ``estimator`` is one of `ESTIMATORS` (backprop ignores it); the history records the one
+    used.
     """
     get_method(method)
     check_mode(mode)
+    estimator = resolve_estimator(estimator, model, method, mode, method_options or {})
+    step = _gradient_writer(method, mode, estimator)
     if not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
     opt, order_rng, guess_rng = _start(model, data, batch_size, optimizer, lr, weight_decay, seed)
     n, device = len(data.train_y), data.train_x.device
     history = {"train_acc": [], "test_acc": [], "train_loss": [], "diverged": False,
-               "diverged_at_step": None, "steps": 0}
+               "diverged_at_step": None, "steps": 0, "estimator": estimator}
     start = time.perf_counter()
     bar = tqdm(total=epochs * (n // batch_size), disable=not progress, leave=False,
                desc=f"{method} {optimizer} lr={lr:g}")
@@ -105,8 +136,8 @@ def train(model, data, method: str = "w_transpose", *, epochs: int, batch_size: 
     for _ in range(epochs):
         losses = []
         for idx in _batches(n, batch_size, order_rng, device):
-            loss = estimate_gradient(model, data.train_x[idx], data.train_y[idx], method, mode,
-                                     guess_rng, **(method_options or {}))
+            loss = step(model, data.train_x[idx], data.train_y[idx], guess_rng,
+                        **(method_options or {}))
             opt.step()
             history["steps"] += 1
             bar.update()

@@ -1,0 +1,44 @@
+"""The cost measurements measure what they say (no timing is asserted)."""
+import torch
+
+from gradguess.cost import MATMUL_UNITS, median_times, peak_step_memory, replicate_throughput, step_function
+from gradguess.models import MLP
+
+from conftest import blobs
+
+
+def test_peak_memory_counts_what_a_step_allocates_and_frees():
+    def step():
+        a = torch.empty(1000, 250)      # 1,000,000 bytes
+        b = a.t()                       # a view: no new memory
+        c = torch.empty(500, 250)       # 500,000 bytes, while a is alive
+        del a, b, c
+        torch.empty(100, 250)           # 100,000 bytes after both are gone
+    assert peak_step_memory(step) == 1_500_000
+    batch = torch.empty(10, 10)
+    assert peak_step_memory(step, inputs=(batch,)) == 1_500_400
+
+
+def test_backprop_memory_grows_with_depth_and_lean_mode_does_not():
+    x, y = torch.randn(64, 32), torch.randint(0, 4, (64,))
+    peaks = {}
+    for depth in [3, 9]:
+        torch.manual_seed(0)
+        model = MLP(32, 256, depth, 4)
+        g = torch.Generator().manual_seed(0)
+        for estimator in ["backprop", "fused-lean"]:
+            method = "backprop" if estimator == "backprop" else "w_transpose"
+            step = step_function(model, x, y, method, estimator, g)
+            step()  # gradient buffers exist, as in training
+            peaks[estimator, depth] = peak_step_memory(step, (x,))
+    assert peaks["backprop", 9] > 1.5 * peaks["backprop", 3]  # activations saved per layer
+    assert peaks["fused-lean", 9] <= 1.3 * peaks["fused-lean", 3]
+
+
+def test_median_times_and_replicates_run():
+    calls = []
+    times = median_times({"a": lambda: calls.append(1), "b": lambda: None}, repeats=3)
+    assert set(times) == {"a", "b"} and len(calls) == 4  # one warm-up, three timed
+    result = replicate_throughput(blobs(), replicates=2, steps=3, depth=3, width=8, batch_size=20)
+    assert result["sequential"] > 0 and result["side_by_side"] > 0
+    assert MATMUL_UNITS["w_transpose"] / MATMUL_UNITS["backprop"] <= 4 / 3

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gradguess import data
-from gradguess.data import DataNotFoundError, load_dataset
+from gradguess.data import DataNotFoundError, Dataset, load_dataset, pad_images, random_crop_flip
 
 
 def write_idx(path, array):
@@ -102,3 +102,39 @@ def test_real_mnist_from_the_wheel_matches_its_checksum():
     ds = load_dataset("mnist", download=False)
     assert ds.train_x.shape == (60000, 1, 28, 28) and ds.test_x.shape == (10000, 1, 28, 28)
     assert sorted(ds.test_y.unique().tolist()) == list(range(10))
+
+
+def tiny_dataset():
+    x = torch.arange(2 * 1 * 28 * 28, dtype=torch.float32).view(2, 1, 28, 28) / 1000 - 0.5
+    return Dataset("fashion-mnist", x, torch.tensor([0, 1]), x[:1].clone(), torch.tensor([0]), 10, "test")
+
+
+def test_pad_images_centres_and_fills_with_the_background():
+    padded = pad_images(tiny_dataset(), 32)
+    assert padded.train_x.shape == (2, 1, 32, 32) and padded.test_x.shape == (1, 1, 32, 32)
+    torch.testing.assert_close(padded.train_x[:, :, 2:30, 2:30], tiny_dataset().train_x)
+    assert padded.train_x[0, 0, 0, 0] == tiny_dataset().train_x.min()
+    with pytest.raises(ValueError, match="cannot pad"):
+        pad_images(tiny_dataset(), 20)
+
+
+def test_random_crop_flip_shifts_and_mirrors_whole_images():
+    x = torch.randn(64, 3, 8, 8)
+    g = torch.Generator().manual_seed(0)
+    out = random_crop_flip(x, g, padding=2, flip=True)
+    assert out.shape == x.shape
+    background = x.amin(dim=(0, 2, 3)).view(3, 1, 1)
+    for image, original in zip(out, x):
+        # every output is the original, possibly mirrored, shifted by at most 2 pixels with
+        # the background filling what came in from outside
+        found = False
+        for candidate in (original, original.flip(-1)):
+            padded = background.expand(3, 12, 12).clone()
+            padded[:, 2:10, 2:10] = candidate
+            found |= any(torch.equal(image, padded[:, i:i + 8, j:j + 8]) for i in range(5) for j in range(5))
+        assert found
+    assert not torch.equal(out, x)
+    same = random_crop_flip(x, torch.Generator().manual_seed(0), padding=2, flip=True)
+    assert torch.equal(out, same)  # seeded
+    unflipped = random_crop_flip(x, torch.Generator().manual_seed(0), padding=0, flip=False)
+    assert torch.equal(unflipped, x)

@@ -126,3 +126,18 @@ def test_on_epoch_records_probe_scores_before_and_after_each_epoch():
     # self-sharpening's last layer is the exact gradient: cosine 1 there
     assert history["layer_cosines"][-1][-1] == pytest.approx(1.0)
     assert all(p.grad is None for p in model.parameters())  # probing leaves no gradient behind
+
+
+def test_augmented_training_is_seeded_and_differs_from_plain():
+    from gradguess.data import Dataset
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(80, 1, 8, 8, generator=g)
+    y = (x[:, 0, 2:6, 2:6].mean((1, 2)) > 0).long()
+    data = Dataset("fashion-mnist", x[:60], y[:60], x[60:], y[60:], 2, "synthetic")
+    runs = []
+    for augment in [True, True, False]:
+        torch.manual_seed(0)
+        runs.append(train(MLP(64, 16, 2, 2), data, "backprop", epochs=2, batch_size=20, lr=1e-2,
+                          progress=False, augment=augment))
+    assert runs[0]["train_loss"] == runs[1]["train_loss"]
+    assert runs[0]["train_loss"] != runs[2]["train_loss"]

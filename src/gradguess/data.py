@@ -201,6 +201,48 @@ DATASETS = {
 }
 
 
+# Datasets whose mirror image is an image of the same class (not digits), for augmentation.
+FLIPPABLE = ("fashion-mnist", "cifar10", "cifar100")
+
+
+def pad_images(dataset: Dataset, size: int) -> Dataset:
+    """Pad every image to size x size (centred), with each channel's minimum, the black
+    background after standardisation: 28x28 digits become the 32x32 inputs of CIFAR models."""
+    height, width = dataset.train_x.shape[-2:]
+    if size < max(height, width):
+        raise ValueError(f"cannot pad {height}x{width} images to {size}x{size}")
+    top, left = (size - height) // 2, (size - width) // 2
+    fill = dataset.train_x.amin(dim=(0, 2, 3))
+
+    def pad(x):
+        out = fill.view(1, -1, 1, 1).expand(len(x), -1, size, size).clone()
+        out[:, :, top:top + height, left:left + width] = x
+        return out
+
+    return replace(dataset, train_x=pad(dataset.train_x), test_x=pad(dataset.test_x))
+
+
+def random_crop_flip(x: Tensor, generator: torch.Generator, padding: int = 4,
+                     flip: bool = True) -> Tensor:
+    """The standard CIFAR augmentation on a batch [B, C, H, W], per image: pad by ``padding``
+    (with each channel's minimum in the batch), crop back to H x W at a random offset, and
+    mirror left-right with probability 1/2 if ``flip``."""
+    b, c, h, w = x.shape
+    fill = x.amin(dim=(0, 2, 3)).view(1, -1, 1, 1)
+    padded = fill.expand(b, c, h + 2 * padding, w + 2 * padding).clone()
+    padded[:, :, padding:padding + h, padding:padding + w] = x
+    dy, dx = (torch.randint(0, 2 * padding + 1, (2, b), generator=generator,
+                            device=generator.device).to(x.device))
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # [B, 1, H, 1]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # [B, 1, 1, W]
+    out = padded[torch.arange(b, device=x.device)[:, None, None, None],
+                 torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+    if flip:
+        mirror = torch.rand(b, generator=generator, device=generator.device).to(x.device) < 0.5
+        out = torch.where(mirror[:, None, None, None], out.flip(-1), out)
+    return out
+
+
 def load_dataset(name: str, root=None, download: bool = True, device="cpu") -> Dataset:
     """Load a dataset of `DATASETS` as standardised tensors on ``device``.
 

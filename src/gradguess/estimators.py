@@ -9,7 +9,8 @@ Two modes for activation-space guesses:
 
 - ``global``: one JVP per example with every layer's pre-activation perturbed at once; each
   layer's guess is scaled by the same per-example value sum_i g_i.y_i (the poster's numbers
-  are consistent with this);
+  are consistent with this). A model trained by local losses gets one such JVP per loss,
+  over the layers that loss trains (``model.local_groups``);
 - ``per_layer``: one JVP per layer; layer i's guess is scaled by its own g_i.y_i.
 
 Weight-space guesses (directional descent) take one JVP per batch, over all weights in
@@ -74,8 +75,13 @@ def cross_entropy_per_example(logits: Tensor, targets: Tensor) -> Tensor:
                            reduction="none").view(logits.shape[:-1])
 
 
-def per_example_loss(model, x: Tensor, targets: Tensor, perturbations=None) -> Tensor:
-    return cross_entropy_per_example(model(x, perturbations), targets)
+def per_example_loss(model, x: Tensor, targets: Tensor, perturbations=None,
+                     trace: Trace | None = None) -> Tensor:
+    """Each example's loss: cross-entropy of the logits, or the model's own (several local
+    losses summed, `gradguess.mixer.LocalMixer`)."""
+    if hasattr(model, "per_example_loss"):
+        return model.per_example_loss(x, targets, perturbations, trace)
+    return cross_entropy_per_example(model(x, perturbations, trace), targets)
 
 
 def batch_loss(model, x: Tensor, targets: Tensor) -> Tensor:
@@ -129,8 +135,9 @@ def backprop_gradient(model, x: Tensor, targets: Tensor) -> tuple[Tensor, list[T
     params = [p for p in model.parameters() if p.requires_grad]
     with torch.enable_grad():
         loss = batch_loss(model, x, targets)
-        grads = torch.autograd.grad(loss.sum(), params)
-    return loss.detach(), list(grads)
+        grads = torch.autograd.grad(loss.sum(), params, allow_unused=True)
+    # a parameter the loss does not reach (an unused local head) has gradient zero
+    return loss.detach(), [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
 
 def per_example_gradients(model, x: Tensor, targets: Tensor) -> tuple[Tensor, list[Tensor]]:
@@ -150,8 +157,11 @@ def per_example_gradients(model, x: Tensor, targets: Tensor) -> tuple[Tensor, li
 def write_linear_grad(layer, x_in: Tensor, grad_s: Tensor) -> None:
     """dL/dW = sum over batch (and tokens) of grad_s x_in^T; dL/db = sum of grad_s.
 
-    For stacked replicates (weight ``[R, out, in]``) the sums run per replicate.
+    For stacked replicates (weight ``[R, out, in]``) the sums run per replicate. A layer of
+    another kind (a grouped linear map) writes its own update (``layer.write_grad``).
     """
+    if hasattr(layer, "write_grad"):
+        return layer.write_grad(x_in, grad_s)
     lead = grad_s.shape[:layer.weight.dim() - 2]  # () or (R,)
     g = grad_s.reshape(*lead, -1, grad_s.shape[-1])
     x_in = x_in.reshape(*lead, -1, x_in.shape[-1])
@@ -178,7 +188,7 @@ def _per_example(values: Tensor, like: Tensor) -> Tensor:
 def _activation_space_step(model, x, targets, method, mode, generator, options) -> Tensor:
     trace = Trace()
     with torch.no_grad():
-        loss = cross_entropy_per_example(model(x, trace=trace), targets).mean(-1)
+        loss = per_example_loss(model, x, targets, trace=trace).mean(-1)
     if method.needs_targets:
         options = {**options, "targets": targets}
     with torch.no_grad():  # guesses read the weights; no graph is needed through them
@@ -186,10 +196,13 @@ def _activation_space_step(model, x, targets, method, mode, generator, options) 
     ys, zs = ys if isinstance(ys, tuple) else (ys, ys)  # a guess may step along z != y
     n = len(ys)
     perturbed = range(n - 1) if method.exact_last else range(n)
-    if mode == "global" and perturbed:
-        shared = preactivation_jvp(model, x, targets,
-                                   [ys[i] if i in perturbed else None for i in range(n)])
-        derivatives = {i: shared for i in perturbed}
+    if mode == "global" and perturbed:  # one JVP per loss: the whole net, or each local group
+        derivatives = {}
+        for group in getattr(model, "local_groups", None) or [range(n)]:
+            members = [i for i in group if i in perturbed]
+            shared = preactivation_jvp(model, x, targets,
+                                       [ys[i] if i in members else None for i in range(n)])
+            derivatives.update({i: shared for i in members})
     else:  # per layer (and the global mode with nothing to perturb: no JVP at all)
         derivatives = {i: preactivation_jvp(model, x, targets,
                                             [ys[i] if j == i else None for j in range(n)])

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .models import activation, inactive, pull_back, successor
+
 
 def relu_mask(s: Tensor) -> Tensor:
     """d ReLU(s) / ds as a 0/1 tensor: the units a gradient can flow through."""
@@ -34,22 +36,25 @@ def _normal_like(t: Tensor, generator) -> Tensor:
 
 def _pulled_back_noise(model, pre, i: int, noise, k: int, through_nonlinearity: bool,
                        weights=None) -> Tensor:
-    """Layer i's guess (i not the last): noise placed k layers downstream, pulled back.
+    """Layer i's guess (i not a last layer): noise placed k layers downstream, pulled back.
 
-    The noise sits at s_{i+k}, or, with ``through_nonlinearity``, after the ReLU of s_{i+k}
-    (so its mask applies); never beyond the logits. Each step back multiplies by W_j^T and
-    then by the ReLU mask of s_{j-1}: the chain rule for dL/ds, with the noise standing in
-    for the unknown gradient. ``weights`` may replace W_j by another matrix (used by the
-    singular-value experiment). Reads s_i .. s_{i+k} only.
+    The noise sits at s_{i+k}, or, with ``through_nonlinearity``, after the activation of
+    s_{i+k} (so its mask applies); never beyond a loss's logits. Each step back multiplies by
+    W_j^T and then by the activation mask of s_{j-1}: the chain rule for dL/ds, with the noise
+    standing in for the unknown gradient. ``weights`` may replace W_j by another matrix (used
+    by the singular-value experiment). Reads s_i .. s_{i+k} only. "Downstream" follows
+    `models.successor`: layer i + 1 in an MLP.
     """
-    last = len(model.layers) - 1
-    j = min(i + k, last)
+    chain = [i]
+    while len(chain) <= k and successor(model, chain[-1]) is not None:
+        chain.append(successor(model, chain[-1]))
+    j = chain[-1]
     v = noise(pre[j])
-    if through_nonlinearity and j < last:
-        v.masked_fill_(pre[j] <= 0, 0)  # times the ReLU mask of s_{i+k}
-    for j in range(j, i, -1):
-        w = model.layers[j].weight if weights is None else weights[j]
-        v = (v @ w).masked_fill_(pre[j - 1] <= 0, 0)  # the previous v is freed here
+    if through_nonlinearity and successor(model, j) is not None:
+        v.masked_fill_(inactive(model, j, pre[j]), 0)  # times the mask of s_{i+k}
+    for before, j in zip(reversed(chain[:-1]), reversed(chain[1:])):
+        w = None if weights is None else weights[j]
+        v = pull_back(model, j, v, w).masked_fill_(inactive(model, before, pre[before]), 0)
     return v
 
 
@@ -83,17 +88,19 @@ def activation_mixing_at(model, pre, i, generator) -> Tensor:
     mix) gets a random normal guess.
     """
     s = pre[i]
-    if i == len(model.layers) - 1:
+    if successor(model, i) is None:
         return _normal_like(s, generator)
+    acts, mask = activation(model, i, s), ~inactive(model, i, s)
     if getattr(model, "replicates", None) is not None:  # stacked [R, B, ...]: mix per replicate
-        return torch.stack([_mix(s_r, generator) for s_r in s])
-    return _mix(s, generator)
+        return torch.stack([_mix(a, m, generator) for a, m in zip(acts, mask)])
+    return _mix(acts, mask, generator)
 
 
-def _mix(s: Tensor, generator) -> Tensor:
+def _mix(acts: Tensor, mask: Tensor, generator) -> Tensor:
+    s = acts
     batch = s.shape[0]
     alpha = torch.randn((batch, batch), generator=generator, device=s.device, dtype=s.dtype)
-    mixed = torch.einsum("bc,c...->b...", alpha, torch.relu(s)) * relu_mask(s)
+    mixed = torch.einsum("bc,c...->b...", alpha, acts) * mask
     norm = mixed.flatten(1).norm(dim=1).clamp_min(1e-12)
     scale = math.sqrt(s[0].numel()) / norm
     return mixed * scale.view(-1, *([1] * (s.dim() - 1)))
@@ -108,7 +115,7 @@ def w_transpose_at(model, pre, i, generator, weights=None) -> Tensor:
     replace W_{i+1} (`singular_power_at`).
     """
     normal = lambda t: _normal_like(t, generator)
-    if i == len(model.layers) - 1:
+    if successor(model, i) is None:
         return normal(pre[i])
     return _pulled_back_noise(model, pre, i, normal, 1, through_nonlinearity=False,
                               weights=weights)
@@ -125,7 +132,7 @@ def downstream_at(model, pre, i, generator, k: int = 1) -> Tensor:
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"downstream_guess needs an integer k >= 1, got k={k!r}")
     normal = lambda t: _normal_like(t, generator)
-    if i == len(model.layers) - 1:
+    if successor(model, i) is None:
         return normal(pre[i])
     return _pulled_back_noise(model, pre, i, normal, k, through_nonlinearity=True)
 
@@ -147,7 +154,7 @@ def self_sharpening_at(model, pre, i, generator, targets: Tensor, low: float = 0
     """
     if not high > low:
         raise ValueError(f"self_sharpening_guess needs high > low, got low={low}, high={high}")
-    if i == len(model.layers) - 1:
+    if successor(model, i) is None:
         return error_vector(pre[i], targets)
     uniform = lambda t: low + (high - low) * torch.rand(t.shape, generator=generator,
                                                         device=t.device, dtype=t.dtype)

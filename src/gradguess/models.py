@@ -17,6 +17,15 @@ dimension comes first; the update of a layer sums over all leading dimensions.
 A model may also stack R independent replicates (`StackedMLP`): its weights are
 ``[R, out, in]``, every x_i and s_i is ``[R, B, ..., d]``, and its loss is the sum over
 replicates of each one's batch mean, so each replicate gets exactly its own gradient.
+
+The architecture-aware guesses need to know how layers connect. For a chain of linear layers
+with ReLUs between them (an MLP) the defaults below say it; a model of another shape
+(`gradguess.mixer.LocalMixer`) defines the same four methods: ``successor(i)`` (the layer that
+consumes layer i's output, None for a layer whose output is a loss's logits),
+``pull_back(j, v, weight)`` (v at s_j carried back through W_j^T to the layout of the layer
+before), ``inactive(i, s)`` (where the activation after s_i has zero slope) and
+``activation(i, s)``. A model with several losses also defines ``per_example_loss`` and
+``local_groups`` (the layers each loss trains; one JVP per group).
 """
 import math
 
@@ -47,6 +56,30 @@ def linear_site(i: int, layer: nn.Linear, x: Tensor, perturbations=None,
     if perturbations is not None and perturbations[i] is not None:
         s = s + perturbations[i]
     return s
+
+
+def successor(model, i: int) -> int | None:
+    """The layer that consumes layer i's output; None for the last (its output is logits)."""
+    if hasattr(model, "successor"):
+        return model.successor(i)
+    return i + 1 if i + 1 < len(model.layers) else None
+
+
+def pull_back(model, j: int, v: Tensor, weight: Tensor | None = None) -> Tensor:
+    """v (shaped like s_j) times W_j (or ``weight`` in its place): back through layer j."""
+    if hasattr(model, "pull_back"):
+        return model.pull_back(j, v, weight)
+    return v @ (model.layers[j].weight if weight is None else weight)
+
+
+def inactive(model, i: int, s: Tensor) -> Tensor:
+    """Where the activation after s_i has zero slope (ReLU: s <= 0)."""
+    return model.inactive(i, s) if hasattr(model, "inactive") else s <= 0
+
+
+def activation(model, i: int, s: Tensor) -> Tensor:
+    """The activation applied to s_i (ReLU in an MLP)."""
+    return model.activation(i, s) if hasattr(model, "activation") else torch.relu(s)
 
 
 def mlp_sizes(in_features: int, width: int, depth: int, num_classes: int) -> list[int]:

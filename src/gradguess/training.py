@@ -7,6 +7,7 @@ from tqdm import tqdm  # plain text bars: no widgets in executed notebooks
 
 from .estimators import (backprop_gradient, check_mode, estimate_gradient, get_method,
                          guessed_gradient)
+from .data import FLIPPABLE, random_crop_flip
 from .fused import FUSED_METHODS, fused_gradient
 from .metrics import (cosine_similarity, effective_rank, layer_cosines, one_step_effectiveness,
                       replicate_cosines)
@@ -99,7 +100,8 @@ def _start(model, data, batch_size: int, optimizer: str, lr: float, weight_decay
 def train(model, data, method: str = "w_transpose", *, epochs: int, batch_size: int = 128,
           optimizer: str = "adamw", lr: float = 1e-3, weight_decay: float = 0.0,
           mode: str = "global", seed: int = 0, progress: bool = True,
-          method_options: dict | None = None, on_epoch=None, estimator: str = "auto") -> dict:
+          method_options: dict | None = None, on_epoch=None, estimator: str = "auto",
+          augment: bool = False) -> dict:
     """Train ``model`` on ``data`` (a `gradguess.data.Dataset` on the model's device).
 
     Every step draws a batch, writes the method's gradient into ``.grad`` and steps the
@@ -112,7 +114,8 @@ def train(model, data, method: str = "w_transpose", *, epochs: int, batch_size: 
     ``on_epoch(model) -> dict``, if given, is called before the first epoch and after each
     one; its values are appended to the history under its keys (e.g. `probe`'s scores).
     ``estimator`` is one of `ESTIMATORS` (backprop ignores it); the history records the one
-    used.
+    used. ``augment``: random crops (padding 4) and, for datasets in `data.FLIPPABLE`, mirror
+    images of every training batch, drawn from their own seeded generator.
     """
     get_method(method)
     check_mode(mode)
@@ -122,6 +125,8 @@ def train(model, data, method: str = "w_transpose", *, epochs: int, batch_size: 
         raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
     opt, order_rng, guess_rng = _start(model, data, batch_size, optimizer, lr, weight_decay, seed)
     n, device = len(data.train_y), data.train_x.device
+    augment_rng = torch.Generator(device=device).manual_seed(seed + 2)
+    flip = data.name in FLIPPABLE
     history = {"train_acc": [], "test_acc": [], "train_loss": [], "diverged": False,
                "diverged_at_step": None, "steps": 0, "estimator": estimator}
     start = time.perf_counter()
@@ -136,8 +141,10 @@ def train(model, data, method: str = "w_transpose", *, epochs: int, batch_size: 
     for _ in range(epochs):
         losses = []
         for idx in _batches(n, batch_size, order_rng, device):
-            loss = step(model, data.train_x[idx], data.train_y[idx], guess_rng,
-                        **(method_options or {}))
+            x = data.train_x[idx]
+            if augment:
+                x = random_crop_flip(x, augment_rng, padding=4, flip=flip)
+            loss = step(model, x, data.train_y[idx], guess_rng, **(method_options or {}))
             opt.step()
             history["steps"] += 1
             bar.update()

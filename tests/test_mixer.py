@@ -1,0 +1,109 @@
+"""LocalMixer: shapes, local losses that stay local, transposes that are transposes, and the
+estimators' guarantees carried over to it."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gradguess import guesses
+from gradguess.estimators import backprop_gradient, guessed_gradient, per_example_gradients
+from gradguess.metrics import cosine_similarity
+from gradguess.mixer import LocalMixer
+from gradguess.models import Trace
+
+
+def tiny(local=True, seed=0):
+    """8x8 two-channel images, 2x2 patches (16 tokens), 8 channels in 2 groups, 2 blocks."""
+    torch.manual_seed(seed)
+    model = LocalMixer(2, 3, image_size=8, patch=2, channels=8, blocks=2, groups=2, local=local).double()
+    for head in model.layers[3::3]:  # heads start at zero; move them so gradients flow
+        torch.nn.init.normal_(head.weight, std=0.5)
+    x = torch.randn(5, 2, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 3, (5,))
+    return model, x, y
+
+
+def test_shapes_and_trace():
+    model, x, y = tiny()
+    assert model(x).shape == (5, 3)
+    trace = Trace()
+    model(x, trace=trace)
+    shapes = [tuple(s.shape) for s in trace.preactivations]
+    assert shapes == [(5, 16, 8), (5, 8, 16), (5, 16, 2, 4), (5, 3), (5, 8, 16), (5, 16, 2, 4), (5, 3)]
+    assert model.local_groups == [[0, 1, 2, 3], [4, 5, 6]]
+    fresh = LocalMixer(1, 10)
+    assert all(not h.weight.detach().any() for h in fresh.layers[3::3])  # zero readouts
+    with pytest.raises(ValueError, match="pad them"):
+        fresh(torch.randn(2, 1, 28, 28))
+    with pytest.raises(ValueError, match="divisible"):
+        LocalMixer(1, 10, channels=30, groups=4)
+
+
+def test_local_losses_train_only_their_own_block():
+    model, x, y = tiny(local=True)
+    _, grads = backprop_gradient(model, x, y)
+    first_block = [p for layer in model.layers[:4] for p in layer.parameters()]
+    own = torch.autograd.grad(F.cross_entropy(model.head_logits(x)[0], y), first_block)
+    for g, o in zip(grads, own):  # parameters() lists the first block's first
+        torch.testing.assert_close(g, o)
+    # end to end: only the readout's loss, through every block
+    e2e, x2, y2 = tiny(local=False)
+    _, grads = backprop_gradient(e2e, x2, y2)
+    readout = torch.autograd.grad(F.cross_entropy(e2e(x2), y2), list(e2e.parameters()), allow_unused=True)
+    for g, r in zip(grads, readout):
+        torch.testing.assert_close(g, torch.zeros_like(g) if r is None else r)
+    assert not grads[6].any()  # the first block's head is not part of the end-to-end loss
+
+
+def linear_part(model, j, u):
+    """Layer j's linear map (no bias), from the layout pull_back returns to the layout of s_j."""
+    layer, b, t = model.layers[j], u.shape[0], model.tokens
+    kind = model._kind(j)
+    if kind == "token":    # u [B, T, D] -> [B, D, T]
+        return u.transpose(1, 2) @ layer.weight.T
+    if kind == "channel":  # u [B, D, T] -> [B, T, G, D/G]
+        grouped = u.transpose(1, 2).reshape(b, t, model.groups, -1)
+        return torch.einsum("...gi,goi->...go", grouped, layer.weight)
+    return u.reshape(b, t, -1).mean(1) @ layer.weight.T  # head: u [B, T, G, D/G] -> [B, C]
+
+
+@pytest.mark.parametrize("j", [1, 2, 3, 5, 6])  # layer 4 (block 2's token layer) has no
+def test_pull_back_is_the_transpose_of_the_next_linear_map(j):  # predecessor: a detach
+    """<pull_back(v), u> = <v, L_j u>: the adjoint, in the layouts the guesses use."""
+    model, x, y = tiny()
+    assert model.successor(j - 1) == j
+    trace = Trace()
+    model(x, trace=trace)
+    v = torch.randn_like(trace.preactivations[j])
+    back = model.pull_back(j, v)
+    assert back.shape == trace.preactivations[j - 1].shape
+    u = torch.randn_like(back)
+    torch.testing.assert_close((back * u).sum(), (v * linear_part(model, j, u)).sum())
+
+
+def test_w_transpose_guesses_follow_the_architecture():
+    model, x, y = tiny()
+    trace = Trace()
+    model(x, trace=trace)
+    ys = guesses.w_transpose_guess(model, trace, torch.Generator().manual_seed(0))
+    assert [t.shape for t in ys] == [s.shape for s in trace.preactivations]
+    # a channel layer's guess comes from the head: the same vector at every token (where active)
+    channel, pre = ys[2], trace.preactivations[2]  # [B, T, G, D/G]
+    active = pre > 0
+    high = torch.where(active, channel, -torch.inf).amax(1)
+    low = torch.where(active, channel, torch.inf).amin(1)
+    anywhere = active.any(1)
+    torch.testing.assert_close(high[anywhere], low[anywhere])
+    assert not channel[~active].any() and channel[active].abs().min() > 0
+
+
+def test_activation_perturbation_averages_to_the_local_gradient():
+    """Per-group JVPs keep activation perturbation unbiased for the sum of local losses."""
+    model, x, y = tiny()
+    _, true = backprop_gradient(model, x[:1], y[:1])
+    xs, ys = x[:1].repeat(6000, 1, 1, 1), y[:1].repeat(6000)
+    average = guessed_gradient(model, xs, ys, "activation_perturbation", "global",
+                               torch.Generator().manual_seed(0))
+    assert cosine_similarity(average, true) > 0.9
+    for name in ["w_transpose", "activation_mixing"]:  # the others run and are finite
+        g = guessed_gradient(model, x, y, name, "global", torch.Generator().manual_seed(0))
+        assert all(torch.isfinite(t).all() for t in g) and any(t.abs().sum() > 0 for t in g)

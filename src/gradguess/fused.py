@@ -112,7 +112,10 @@ def fused_gradient(model, x: Tensor, targets: Tensor, method: str = "w_transpose
     loss = cross_entropy_per_example(logits, targets).mean(-1)
 
     def write(i, h, y):  # y is not needed afterwards: scaled in place
-        y.div_(batch) if exact_last and i == last else y.mul_(derivative.unsqueeze(-1) / batch)
+        if exact_last and i == last:  # self-sharpening's last layer: the error vector itself
+            y.div_(batch)
+        else:
+            y.mul_(derivative.unsqueeze(-1) / batch)
         write_linear_grad(model.layers[i], h, y)
 
     if mode == "keep":

@@ -11,8 +11,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .estimators import estimate_gradient
-from .fused import fused_gradient
 from .models import MLP, StackedMLP
+from .training import gradient_writer
 
 # Matmul units per layer (one unit: a [B, d_in] x [d_in, d_out] product) of a step, which bound
 # its time ratio to backprop's 3 (forward; backward to the input; backward to the weights).
@@ -30,21 +30,24 @@ MATMUL_UNITS = {
 def step_function(model, x, targets, method: str, estimator: str, generator, optimizer=None):
     """One training step of ``method`` with ``estimator`` ("reference", "fused" or
     "fused-lean"; backprop is always exact), followed by ``optimizer.step()`` if given."""
+    write = gradient_writer(method, "global", estimator)
+
     def step():
-        if method == "backprop" or estimator == "reference":
-            estimate_gradient(model, x, targets, method, "global", generator)
-        else:
-            fused_gradient(model, x, targets, method, generator,
-                           "keep" if estimator == "fused" else "regenerate")
+        write(model, x, targets, generator)
         if optimizer is not None:
             optimizer.step()
     return step
 
 
+def _synchronizer(device):
+    """What waits for queued GPU work before a clock is read; nothing on the CPU."""
+    on_gpu = device is not None and torch.device(device).type == "cuda"
+    return torch.cuda.synchronize if on_gpu else (lambda: None)
+
+
 def median_times(steps: dict, repeats: int, device=None) -> dict:
     """Median seconds of each step function; the steps run interleaved, after one warm-up."""
-    sync = torch.cuda.synchronize if device is not None and torch.device(device).type == "cuda" \
-        else (lambda: None)
+    sync = _synchronizer(device)
     times = {name: [] for name in steps}
     for step in steps.values():
         step()
@@ -140,7 +143,7 @@ def replicate_throughput(data, replicates: int, steps: int, *, depth: int = 6, w
                               generator)
             opt.step()
 
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = _synchronizer(device)
     torch.manual_seed(seed)
     single = lambda: MLP(data.in_features, width, depth, data.num_classes).to(device)
     stack = lambda: StackedMLP(data.in_features, width, depth, data.num_classes,

@@ -67,7 +67,7 @@ def resolve_estimator(estimator: str, model, method: str, mode: str, options: di
     return "fused" if fusable else "reference"
 
 
-def _gradient_writer(method: str, mode: str, estimator: str):
+def gradient_writer(method: str, mode: str, estimator: str):
     """The function that writes a step's gradient into .grad, for the chosen estimator."""
     if estimator == "reference" or method == "backprop":
         return lambda model, x, y, rng, **o: estimate_gradient(model, x, y, method, mode, rng, **o)
@@ -120,7 +120,7 @@ def train(model, data, method: str = "w_transpose", *, epochs: int, batch_size: 
     get_method(method)
     check_mode(mode)
     estimator = resolve_estimator(estimator, model, method, mode, method_options or {})
-    step = _gradient_writer(method, mode, estimator)
+    step = gradient_writer(method, mode, estimator)
     if not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
     opt, order_rng, guess_rng = _start(model, data, batch_size, optimizer, lr, weight_decay, seed)

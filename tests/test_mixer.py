@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from gradguess import guesses
-from gradguess.estimators import backprop_gradient, guessed_gradient, per_example_gradients
+from gradguess.estimators import (_local_slices, backprop_gradient, guessed_gradient,
+                                  per_example_gradients, preactivation_jvp)
 from gradguess.metrics import cosine_similarity
 from gradguess.mixer import LocalMixer
 from gradguess.models import Trace
@@ -29,7 +30,6 @@ def test_shapes_and_trace():
     model(x, trace=trace)
     shapes = [tuple(s.shape) for s in trace.preactivations]
     assert shapes == [(5, 16, 8), (5, 8, 16), (5, 16, 2, 4), (5, 3), (5, 8, 16), (5, 16, 2, 4), (5, 3)]
-    assert model.local_groups == [[0, 1, 2, 3], [4, 5, 6]]
     fresh = LocalMixer(1, 10)
     assert all(not h.weight.detach().any() for h in fresh.layers[3::3])  # zero readouts
     with pytest.raises(ValueError, match="pad them"):
@@ -41,8 +41,10 @@ def test_shapes_and_trace():
 def test_local_losses_train_only_their_own_block():
     model, x, y = tiny(local=True)
     _, grads = backprop_gradient(model, x, y)
-    first_block = [p for layer in model.layers[:4] for p in layer.parameters()]
-    own = torch.autograd.grad(F.cross_entropy(model.head_logits(x)[0], y), first_block)
+    plain = LocalMixer(2, 3, image_size=8, patch=2, channels=8, blocks=2, groups=2, local=False).double()
+    plain.load_state_dict(model.state_dict())  # nothing detached: the first head's loss, plainly
+    first_block = [p for layer in plain.layers[:4] for p in layer.parameters()]
+    own = torch.autograd.grad(F.cross_entropy(plain.head_logits(x)[0], y), first_block)
     for g, o in zip(grads, own):  # parameters() lists the first block's first
         torch.testing.assert_close(g, o)
     # end to end: only the readout's loss, through every block
@@ -96,8 +98,56 @@ def test_w_transpose_guesses_follow_the_architecture():
     assert not channel[~active].any() and channel[active].abs().min() > 0
 
 
+def test_local_losses_split_the_block_losses():
+    """Values: the heads' losses, slices zero; gradient: the local gradient; the slices'
+    derivatives add up to the block losses' derivative."""
+    model, x, y = tiny()
+    heads, slices = model.local_losses(x, y)
+    blocks = sum(F.cross_entropy(z, y, reduction="none") for z in model.head_logits(x))
+    torch.testing.assert_close(heads, blocks)
+    assert slices.shape == (5, 2 * 16 * 2) and not slices.any()
+    trace = Trace()
+    model(x, trace=trace)
+    tangents = [torch.randn_like(s) if i % 3 else None for i, s in enumerate(trace.preactivations)]
+    split = preactivation_jvp(model, x, y, tangents, losses=_local_slices)
+    whole = preactivation_jvp(model, x, y, tangents)
+    torch.testing.assert_close(split.sum(-1), whole)
+
+
+def test_local_scale_collects_every_loss_a_unit_reaches():
+    """With a one-hot tangent at unit e of s_i, local_scale(i, .) at e is the sum of the
+    derivatives of the local losses e reaches; it must equal dloss/ds_e, so a slice left out
+    (or a loss a unit cannot reach counted) fails. This is what keeps the guesses unbiased."""
+    model, x, y = tiny()
+    trace = Trace()
+    model(x, trace=trace)
+    _, true = per_example_gradients(model, x, y)
+    gen = torch.Generator().manual_seed(0)
+    for i, s in enumerate(trace.preactivations):
+        if model._kind(i) == "head":
+            continue
+        for _ in range(6):
+            e = torch.randint(0, s[0].numel(), (1,), generator=gen).item()
+            onehot = torch.zeros_like(s).flatten(1)
+            onehot[:, e] = 1
+            tangents = [onehot.view_as(s) if j == i else None for j in range(len(trace.preactivations))]
+            d = preactivation_jvp(model, x, y, tangents, losses=_local_slices)
+            scaled = (model.local_scale(i, d) * onehot.view_as(s)).flatten(1)[:, e]
+            torch.testing.assert_close(scaled, true[i].flatten(1)[:, e])
+
+
+def test_heads_take_their_exact_local_gradient():
+    model, x, y = tiny()
+    _, true = backprop_gradient(model, x, y)
+    guess = guessed_gradient(model, x, y, "activation_perturbation", "global", torch.Generator().manual_seed(0))
+    names = [n for n, _ in model.named_parameters()]
+    for name, g, t in zip(names, guess, true):
+        if name.startswith(("layers.3.", "layers.6.")):
+            torch.testing.assert_close(g, t)
+
+
 def test_activation_perturbation_averages_to_the_local_gradient():
-    """Per-group JVPs keep activation perturbation unbiased for the sum of local losses."""
+    """Per-slice scaling keeps activation perturbation unbiased for the sum of local losses."""
     model, x, y = tiny()
     _, true = backprop_gradient(model, x[:1], y[:1])
     xs, ys = x[:1].repeat(6000, 1, 1, 1), y[:1].repeat(6000)

@@ -9,8 +9,9 @@ Two modes for activation-space guesses:
 
 - ``global``: one JVP per example with every layer's pre-activation perturbed at once; each
   layer's guess is scaled by the same per-example value sum_i g_i.y_i (the poster's numbers
-  are consistent with this). A model trained by local losses gets one such JVP per loss,
-  over the layers that loss trains (``model.local_groups``);
+  are consistent with this). A model trained by many local losses (``model.local_losses``,
+  `gradguess.mixer.LocalMixer`) gets every local loss's own derivative from the same JVP,
+  and scales each part of a guess by the derivatives of the losses it reaches;
 - ``per_layer``: one JVP per layer; layer i's guess is scaled by its own g_i.y_i.
 
 Weight-space guesses (directional descent) take one JVP per batch, over all weights in
@@ -90,12 +91,14 @@ def batch_loss(model, x: Tensor, targets: Tensor) -> Tensor:
     return per_example_loss(model, x, targets).mean(-1)
 
 
-def preactivation_jvp(model, x: Tensor, targets: Tensor, tangents: list) -> Tensor:
+def preactivation_jvp(model, x: Tensor, targets: Tensor, tangents: list,
+                      losses=per_example_loss) -> Tensor:
     """Per-example directional derivatives sum_i dloss_b/ds_i[b] . y_i[b], by one JVP.
 
     ``tangents[i]`` is y_i (shaped like s_i) or None for a layer left unperturbed. Each
     example's loss depends only on its own pre-activations, so one JVP of the vector of
-    per-example losses gives all B directional derivatives at once.
+    per-example losses gives all B directional derivatives at once. ``losses(model, x,
+    targets, perturbations)`` may return more than one loss per example (local losses).
     """
     perturbed = [i for i, t in enumerate(tangents) if t is not None]
 
@@ -103,7 +106,7 @@ def preactivation_jvp(model, x: Tensor, targets: Tensor, tangents: list) -> Tens
         perturbations = [None] * len(tangents)
         for i, delta in zip(perturbed, deltas):
             perturbations[i] = delta
-        return per_example_loss(model, x, targets, perturbations)
+        return losses(model, x, targets, perturbations)
 
     primals = tuple(torch.zeros_like(tangents[i]) for i in perturbed)
     with torch.no_grad():
@@ -185,6 +188,10 @@ def _per_example(values: Tensor, like: Tensor) -> Tensor:
     return values.view(*values.shape, *([1] * (like.dim() - values.dim())))
 
 
+def _local_slices(model, x, targets, perturbations) -> Tensor:
+    return model.local_losses(x, targets, perturbations)[1]
+
+
 def _activation_space_step(model, x, targets, method, mode, generator, options) -> Tensor:
     trace = Trace()
     with torch.no_grad():
@@ -195,21 +202,30 @@ def _activation_space_step(model, x, targets, method, mode, generator, options) 
         ys = method.guess(model, trace, generator, **options)
     ys, zs = ys if isinstance(ys, tuple) else (ys, ys)  # a guess may step along z != y
     n = len(ys)
-    perturbed = range(n - 1) if method.exact_last else range(n)
-    if mode == "global" and perturbed:  # one JVP per loss: the whole net, or each local group
-        derivatives = {}
-        for group in getattr(model, "local_groups", None) or [range(n)]:
-            members = [i for i in group if i in perturbed]
-            shared = preactivation_jvp(model, x, targets,
-                                       [ys[i] if i in members else None for i in range(n)])
-            derivatives.update({i: shared for i in members})
-    else:  # per layer (and the global mode with nothing to perturb: no JVP at all)
-        derivatives = {i: preactivation_jvp(model, x, targets,
-                                            [ys[i] if j == i else None for j in range(n)])
-                       for i in perturbed}
+    # layers whose gradient is known without a guess: a model's heads, self-sharpening's last
+    exact = (model.exact_preactivation_grads(trace, targets)
+             if hasattr(model, "exact_preactivation_grads") else {})
+    if method.exact_last:
+        exact[n - 1] = zs[n - 1]
+    perturbed = [i for i in range(n) if i not in exact]
+    scales = {}
+    if mode == "global" and perturbed and getattr(model, "local_losses", None) \
+            and getattr(model, "local", False):  # one JVP, a derivative per local loss
+        derivatives = preactivation_jvp(model, x, targets,
+                                        [ys[i] if i in perturbed else None for i in range(n)],
+                                        losses=_local_slices)
+        scales = {i: model.local_scale(i, derivatives) for i in perturbed}
+    elif mode == "global" and perturbed:  # one JVP, one derivative per example
+        shared = preactivation_jvp(model, x, targets,
+                                   [ys[i] if i in perturbed else None for i in range(n)])
+        scales = {i: _per_example(shared, zs[i]) for i in perturbed}
+    elif perturbed:  # per layer: one JVP per layer
+        scales = {i: _per_example(preactivation_jvp(model, x, targets,
+                                                    [ys[i] if j == i else None for j in range(n)]),
+                                  zs[i]) for i in perturbed}
     batch = targets.shape[-1]  # the loss is a batch mean: dL/ds_i[b] = dloss_b/ds_i[b] / B
     for i, layer in enumerate(model.layers):
-        grad_s = zs[i] if i not in derivatives else _per_example(derivatives[i], zs[i]) * zs[i]
+        grad_s = exact[i] if i in exact else scales[i] * zs[i]
         write_linear_grad(layer, trace.inputs[i], grad_s / batch)
     return loss
 

@@ -72,8 +72,6 @@ class LocalMixer(nn.Module):
             layers += [nn.Linear(self.tokens, self.tokens),
                        GroupLinear(groups, channels // groups, channels // groups), head]
         self.layers = nn.ModuleList(layers)
-        self.local_groups = ([[0, 1, 2, 3]] + [[i, i + 1, i + 2] for i in range(4, len(layers), 3)]
-                             if local else None)
 
     # --- the forward pass ----------------------------------------------------------------
 
@@ -87,11 +85,13 @@ class LocalMixer(nn.Module):
                              f"got {tuple(x.shape[-2:])}; pad them (gradguess.data.pad_images)")
         return F.unfold(x, self.patch, stride=self.patch).transpose(1, 2)
 
-    def head_logits(self, x: Tensor, perturbations=None, trace=None) -> list[Tensor]:
-        """The logits of every block's head, the last one being the readout."""
+    def blocks(self, x: Tensor, perturbations=None, trace=None) -> list[tuple[Tensor, Tensor]]:
+        """Every block's output h [B, T, D] and its head's logits, the last head being the
+        readout. In local mode a head reads its block's output detached: the block learns
+        from the head's loss through `local_losses`' slices instead."""
         b, d, g = x.shape[0], self.channels, self.groups
         h = linear_site(0, self.layers[0], self.patches(x), perturbations, trace)  # [B, T, D]
-        logits = []
+        out = []
         for i in range(1, len(self.layers), 3):
             u = F.layer_norm(h, (d,)).transpose(1, 2)                               # [B, D, T]
             s = linear_site(i, self.layers[i], u, perturbations, trace)
@@ -99,20 +99,77 @@ class LocalMixer(nn.Module):
             u = F.layer_norm(h, (d,)).reshape(b, self.tokens, g, d // g)            # [B, T, G, D/G]
             s = linear_site(i + 1, self.layers[i + 1], u, perturbations, trace)
             h = h + torch.relu(s).reshape(b, self.tokens, d)
-            logits.append(linear_site(i + 2, self.layers[i + 2], h.mean(1), perturbations, trace))
+            pooled = (h.detach() if self.local else h).mean(1)
+            out.append((h, linear_site(i + 2, self.layers[i + 2], pooled, perturbations, trace)))
             if self.local:
                 h = h.detach()  # the next block does not train this one (nor do tangents pass)
-        return logits
+        return out
+
+    def head_logits(self, x: Tensor, perturbations=None, trace=None) -> list[Tensor]:
+        return [logits for _, logits in self.blocks(x, perturbations, trace)]
 
     def forward(self, x: Tensor, perturbations=None, trace=None) -> Tensor:
         return self.head_logits(x, perturbations, trace)[-1]
 
+    def local_losses(self, x: Tensor, targets: Tensor, perturbations=None,
+                     trace=None) -> tuple[Tensor, Tensor]:
+        """Ren et al.'s patch-wise and group-wise local losses (local mode only).
+
+        Block k's loss L_k = CE(W_k mean_t h_t + b_k) is split into one loss per token t and
+        channel group g: L_{k,t,g} has L_k's value but sees its block's output only through
+        h[t, g] (the others held fixed, Ren et al.'s stop-gradients). To first order
+
+            L_{k,t,g} = L_k + (1/T) sum_{c in g} (dL_k/d mean h)_c (h[t, c] - sg(h[t, c])),
+
+        which is how it is written here: ``heads`` [B] is sum_k L_k with the block's output
+        detached (it trains the heads), and ``slices`` [B, blocks * T * G] are the second
+        terms, zero in value. The gradient of ``heads + slices.sum(-1)`` is the exact local
+        gradient; the JVP of ``slices`` gives every slice's own directional derivative, by
+        which a guess at that slice (and only there) is scaled.
+        """
+        if not self.local:
+            raise ValueError("local_losses needs a LocalMixer built with local=True")
+        heads, slices = 0, []
+        b, g = x.shape[0], self.groups
+        for k, (h, logits) in enumerate(self.blocks(x, perturbations, trace)):
+            heads = heads + cross_entropy_per_example(logits, targets)
+            error = torch.softmax(logits.detach(), -1) - F.one_hot(targets, logits.shape[-1])
+            d_pooled = error @ self.layers[3 * k + 3].weight.detach() / self.tokens  # [B, D]
+            live = (h - h.detach()) * d_pooled[:, None, :]
+            slices.append(live.reshape(b, self.tokens, g, -1).sum(-1).flatten(1))
+        return heads, torch.cat(slices, 1)
+
     def per_example_loss(self, x: Tensor, targets: Tensor, perturbations=None, trace=None) -> Tensor:
         """Local: the sum of every block's local loss; end to end: the readout's loss."""
-        logits = self.head_logits(x, perturbations, trace)
         if not self.local:
-            return cross_entropy_per_example(logits[-1], targets)
-        return sum(cross_entropy_per_example(z, targets) for z in logits)
+            return cross_entropy_per_example(self(x, perturbations, trace), targets)
+        heads, slices = self.local_losses(x, targets, perturbations, trace)
+        return heads + slices.sum(-1)
+
+    def local_scale(self, i: int, derivatives: Tensor) -> Tensor:
+        """The directional derivatives of the local losses that s_i reaches, summed, shaped to
+        scale a guess at s_i (``derivatives``: [B, blocks * T * G], from ``local_losses``).
+
+        A grouped channel layer's output at (t, g) reaches only the slice (t, g); a token
+        layer's output at token t reaches every group at t (through the LayerNorm and the
+        channel layer); the embedding reaches its whole block.
+        """
+        d = derivatives.view(derivatives.shape[0], -1, self.tokens, self.groups)
+        kind, block = self._kind(i), max(i - 1, 0) // 3
+        if kind == "channel":
+            return d[:, block, :, :, None]                 # [B, T, G, 1]
+        if kind == "token":
+            return d[:, block].sum(-1)[:, None, :]         # [B, 1, T]
+        total = d[:, block].sum((1, 2))
+        return total[:, None, None] if kind == "embed" else total[:, None]
+
+    def exact_preactivation_grads(self, trace, targets: Tensor) -> dict[int, Tensor]:
+        """In local mode the heads learn from their exact local gradient, as in Ren et al.:
+        dL_k/d logits = softmax(logits) - onehot(target), per example, no guess needed."""
+        if not self.local:
+            return {}
+        return {i: torch.softmax(s, -1) - F.one_hot(targets, s.shape[-1])
+                for i, s in enumerate(trace.preactivations) if self._kind(i) == "head"}
 
     # --- how layers connect, for the architecture-aware guesses ----------------------------
 

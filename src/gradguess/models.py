@@ -24,8 +24,9 @@ with ReLUs between them (an MLP) the defaults below say it; a model of another s
 consumes layer i's output, None for a layer whose output is a loss's logits),
 ``pull_back(j, v, weight)`` (v at s_j carried back through W_j^T to the layout of the layer
 before), ``inactive(i, s)`` (where the activation after s_i has zero slope) and
-``activation(i, s)``. A model with several losses also defines ``per_example_loss`` and
-``local_groups`` (the layers each loss trains; one JVP per group).
+``activation(i, s)``. A model with several losses also defines ``per_example_loss`` and,
+to have each part of a guess scaled by its own losses, ``local_losses``, ``local_scale`` and
+``exact_preactivation_grads`` (see `gradguess.mixer.LocalMixer`).
 """
 import math
 

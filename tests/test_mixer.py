@@ -136,6 +136,19 @@ def test_local_scale_collects_every_loss_a_unit_reaches():
             torch.testing.assert_close(scaled, true[i].flatten(1)[:, e])
 
 
+def test_one_loss_per_block_scales_by_the_block_total():
+    model, x, y = tiny()
+    trace = Trace()
+    model(x, trace=trace)
+    d = torch.randn(5, 2 * 16 * 2, dtype=torch.float64)
+    model.split_losses = False
+    block_two = d.view(5, 2, -1)[:, 1].sum(-1)
+    for i in (4, 5):
+        scale = model.local_scale(i, d)
+        assert scale.dim() == trace.preactivations[i].dim()
+        torch.testing.assert_close(scale.flatten(), block_two)
+
+
 def test_heads_take_their_exact_local_gradient():
     model, x, y = tiny()
     _, true = backprop_gradient(model, x, y)

@@ -208,21 +208,17 @@ def _activation_space_step(model, x, targets, method, mode, generator, options) 
     if method.exact_last:
         exact[n - 1] = zs[n - 1]
     perturbed = [i for i in range(n) if i not in exact]
+    local = getattr(model, "local", False) and hasattr(model, "local_losses")
     scales = {}
-    if mode == "global" and perturbed and getattr(model, "local_losses", None) \
-            and getattr(model, "local", False):  # one JVP, a derivative per local loss
-        derivatives = preactivation_jvp(model, x, targets,
-                                        [ys[i] if i in perturbed else None for i in range(n)],
-                                        losses=_local_slices)
-        scales = {i: model.local_scale(i, derivatives) for i in perturbed}
-    elif mode == "global" and perturbed:  # one JVP, one derivative per example
-        shared = preactivation_jvp(model, x, targets,
-                                   [ys[i] if i in perturbed else None for i in range(n)])
-        scales = {i: _per_example(shared, zs[i]) for i in perturbed}
-    elif perturbed:  # per layer: one JVP per layer
-        scales = {i: _per_example(preactivation_jvp(model, x, targets,
-                                                    [ys[i] if j == i else None for j in range(n)]),
-                                  zs[i]) for i in perturbed}
+    # global: one JVP for every perturbed layer; per layer: one JVP each
+    for group in ([perturbed] if mode == "global" and perturbed else [[i] for i in perturbed]):
+        tangents = [ys[i] if i in group else None for i in range(n)]
+        if local:  # a derivative per local loss; each part of a guess scaled by its own
+            derivatives = preactivation_jvp(model, x, targets, tangents, losses=_local_slices)
+            scales.update({i: model.local_scale(i, derivatives) for i in group})
+        else:  # a derivative per example
+            derivative = preactivation_jvp(model, x, targets, tangents)
+            scales.update({i: _per_example(derivative, zs[i]) for i in group})
     batch = targets.shape[-1]  # the loss is a batch mean: dL/ds_i[b] = dloss_b/ds_i[b] / B
     for i, layer in enumerate(model.layers):
         grad_s = exact[i] if i in exact else scales[i] * zs[i]

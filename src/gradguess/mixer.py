@@ -54,7 +54,8 @@ class LocalMixer(nn.Module):
     """LocalMixer for [B, C, H, W] images; see the module's docstring."""
 
     def __init__(self, in_channels: int, num_classes: int, image_size: int = 32, patch: int = 4,
-                 channels: int = 64, blocks: int = 3, groups: int = 4, local: bool = True):
+                 channels: int = 64, blocks: int = 3, groups: int = 4, local: bool = True,
+                 split_losses: bool = True):
         super().__init__()
         if image_size % patch or channels % groups or min(blocks, channels, patch) < 1:
             raise ValueError(f"LocalMixer needs image_size divisible by patch and channels by "
@@ -62,6 +63,7 @@ class LocalMixer(nn.Module):
                              f"{image_size}, patch={patch}, channels={channels}, groups={groups}, "
                              f"blocks={blocks}")
         self.patch, self.groups, self.channels, self.local = patch, groups, channels, local
+        self.split_losses = split_losses  # False: one derivative per block scales its guesses
         self.image_size = image_size
         self.tokens = (image_size // patch) ** 2
         layers = [nn.Linear(in_channels * patch * patch, channels)]
@@ -74,6 +76,8 @@ class LocalMixer(nn.Module):
         self.layers = nn.ModuleList(layers)
 
     # --- the forward pass ----------------------------------------------------------------
+
+    site_dims = {"embed": 3, "token": 3, "channel": 4, "head": 2}  # dims of s_i, batch included
 
     def _kind(self, i: int) -> str:
         return "embed" if i == 0 else ("token", "channel", "head")[(i - 1) % 3]
@@ -152,16 +156,17 @@ class LocalMixer(nn.Module):
 
         A grouped channel layer's output at (t, g) reaches only the slice (t, g); a token
         layer's output at token t reaches every group at t (through the LayerNorm and the
-        channel layer); the embedding reaches its whole block.
+        channel layer); the embedding reaches its whole block. With ``split_losses`` False
+        every layer takes its block's total: one loss per block, for comparison.
         """
         d = derivatives.view(derivatives.shape[0], -1, self.tokens, self.groups)
         kind, block = self._kind(i), max(i - 1, 0) // 3
-        if kind == "channel":
+        if kind == "channel" and self.split_losses:
             return d[:, block, :, :, None]                 # [B, T, G, 1]
-        if kind == "token":
+        if kind == "token" and self.split_losses:
             return d[:, block].sum(-1)[:, None, :]         # [B, 1, T]
         total = d[:, block].sum((1, 2))
-        return total[:, None, None] if kind == "embed" else total[:, None]
+        return total.view(-1, *[1] * (self.site_dims[kind] - 1))
 
     def exact_preactivation_grads(self, trace, targets: Tensor) -> dict[int, Tensor]:
         """In local mode the heads learn from their exact local gradient, as in Ren et al.:

@@ -33,18 +33,40 @@ def code_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
-def cached(config: dict, compute: Callable[[], dict], folder=None) -> dict:
-    """``compute()``'s JSON-serialisable result for ``config``, from the cache if it is there."""
+def _path(config: dict, folder, suffix: str) -> tuple[Path, str]:
     key = json.dumps({"config": config, "code": code_fingerprint(), "torch": torch.__version__},
                      sort_keys=True)
-    path = cache_dir(folder) / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+    return cache_dir(folder) / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}{suffix}", key
+
+
+def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+    write(tmp)
+    tmp.replace(path)
+
+
+def cached(config: dict, compute: Callable[[], dict], folder=None) -> dict:
+    """``compute()``'s JSON-serialisable result for ``config``, from the cache if it is there."""
+    path, key = _path(config, folder, ".json")
     if path.exists():
         CACHE_STATS["from cache"] += 1
         return json.loads(path.read_text())["result"]
     result = compute()
     CACHE_STATS["computed"] += 1
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"key": json.loads(key), "result": result}))
-    tmp.replace(path)
+    _write_atomically(path, lambda tmp: tmp.write_text(json.dumps({"key": json.loads(key),
+                                                                   "result": result})))
     return result
+
+
+def cached_checkpoint(config: dict, compute: Callable[[], dict], folder=None) -> dict:
+    """``compute()``'s state dict (tensors) for ``config``, from the cache if it is there: a
+    pre-trained model is trained once."""
+    path, _ = _path(config, folder, ".pt")
+    if path.exists():
+        CACHE_STATS["from cache"] += 1
+        return torch.load(path, map_location="cpu", weights_only=True)
+    state = compute()
+    CACHE_STATS["computed"] += 1
+    _write_atomically(path, lambda tmp: torch.save(state, tmp))
+    return state

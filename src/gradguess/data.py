@@ -222,6 +222,21 @@ def pad_images(dataset: Dataset, size: int) -> Dataset:
     return replace(dataset, train_x=pad(dataset.train_x), test_x=pad(dataset.test_x))
 
 
+def as_rgb(dataset: Dataset) -> Dataset:
+    """Grayscale images as three identical channels (views, no copy), for RGB models (ViTs)."""
+    if dataset.train_x.shape[1] != 1:
+        return dataset
+    return replace(dataset, train_x=dataset.train_x.expand(-1, 3, -1, -1),
+                   test_x=dataset.test_x.expand(-1, 3, -1, -1))
+
+
+def inverted(dataset: Dataset) -> Dataset:
+    """The same task with its contrast inverted (x -> -x after standardisation): a shifted
+    task for a model pre-trained on the original."""
+    return replace(dataset, name=f"{dataset.name}-inverted", train_x=-dataset.train_x,
+                   test_x=-dataset.test_x)
+
+
 def random_crop_flip(x: Tensor, generator: torch.Generator, padding: int = 4,
                      flip: bool = True) -> Tensor:
     """The standard CIFAR augmentation on a batch [B, C, H, W], per image: pad by ``padding``
@@ -241,6 +256,40 @@ def random_crop_flip(x: Tensor, generator: torch.Generator, padding: int = 4,
         mirror = torch.rand(b, generator=generator, device=generator.device).to(x.device) < 0.5
         out = torch.where(mirror[:, None, None, None], out.flip(-1), out)
     return out
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def load_image_task(name: str, path, size: int = 224, device="cpu") -> Dataset:
+    """A prompt-tuning task of the paper for an ImageNet ViT (A.6): ``stanford-cars`` through
+    torchvision's ``StanfordCars`` (its files under ``path``), any other name (CUB-200,
+    Stanford Dogs) from ``path/train/<class>/`` and ``path/test/<class>/`` image folders.
+    Images are resized to 256 (the short side), centre-cropped to ``size`` and standardised
+    with ImageNet's statistics, as the pre-trained weights expect. Raises `DataNotFoundError`
+    with what is expected where."""
+    import torchvision.datasets as tvd
+    import torchvision.transforms as T
+
+    path = Path(path).expanduser()
+    transform = T.Compose([T.Resize(256 * size // 224), T.CenterCrop(size), T.ToTensor(),
+                           T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    try:
+        if name == "stanford-cars":
+            splits = [tvd.StanfordCars(path, split=s, transform=transform) for s in ("train", "test")]
+        else:
+            splits = [tvd.ImageFolder(path / s, transform=transform) for s in ("train", "test")]
+    except (OSError, RuntimeError) as error:
+        layout = ("torchvision's StanfordCars layout (root/stanford_cars/...)" if name == "stanford-cars"
+                  else "train/<class>/<image> and test/<class>/<image> folders")
+        raise DataNotFoundError(f"{name}: no data at {path} ({error}); expected {layout}. "
+                                f"Fetch it on a machine with internet and copy it here.") from None
+    tensors = []
+    for split in splits:
+        images, labels = zip(*(split[i] for i in range(len(split))))
+        tensors += [torch.stack(images), torch.tensor(labels)]
+    classes = len(splits[0].classes)
+    return Dataset(name, *tensors, classes, str(path)).to(device)
 
 
 def load_dataset(name: str, root=None, download: bool = True, device="cpu") -> Dataset:

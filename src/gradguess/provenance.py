@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-PACKAGES = ("gradguess", "torch", "numpy", "matplotlib", "seaborn", "torch-optimi")
+PACKAGES = ("gradguess", "torch", "torchvision", "numpy", "matplotlib", "seaborn", "torch-optimi")
 
 
 def _version(package: str) -> str:

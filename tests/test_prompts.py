@@ -16,7 +16,7 @@ def tiny(seed=0, prompts=3):
     torch.manual_seed(seed)
     backbone = small_vit(image_size=8, patch=4, layers=2, heads=2, hidden=16, mlp=32)
     model = PromptedViT(backbone, prompts, 4).double()
-    x = torch.randn(6, 1, 8, 8, dtype=torch.float64)
+    x = torch.randn(6, 3, 8, 8, dtype=torch.float64)
     y = torch.randint(0, 4, (6,))
     return model, x, y
 
@@ -88,8 +88,8 @@ def test_head_gradient_is_exact():
 
 def test_training_is_seeded_and_bad_input_fails_clearly():
     torch.manual_seed(0)
-    data = Dataset("toy", torch.randn(64, 1, 8, 8), torch.randint(0, 4, (64,)),
-                   torch.randn(16, 1, 8, 8), torch.randint(0, 4, (16,)), 4, "random")
+    data = Dataset("toy", torch.randn(64, 3, 8, 8), torch.randint(0, 4, (64,)),
+                   torch.randn(16, 3, 8, 8), torch.randint(0, 4, (16,)), 4, "random")
     runs = []
     for _ in range(2):
         model, _, _ = tiny()
@@ -102,7 +102,9 @@ def test_training_is_seeded_and_bad_input_fails_clearly():
     with pytest.raises(ValueError, match="unknown prompt method"):
         estimate_prompt_gradient(model, x, y, "guesswork")
     with pytest.raises(ValueError, match="8x8 images"):
-        model(torch.randn(2, 1, 12, 12, dtype=torch.float64))
+        model(torch.randn(2, 3, 12, 12, dtype=torch.float64))
+    with pytest.raises(ValueError, match="as_rgb"):
+        model(torch.randn(2, 1, 8, 8, dtype=torch.float64))
     with pytest.raises(ValueError, match="num_prompts"):
         PromptedViT(small_vit(image_size=8, patch=4, layers=1, heads=1, hidden=8, mlp=8), 0, 3)
     with pytest.raises(ValueError, match="steps"):

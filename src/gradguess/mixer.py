@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .estimators import cross_entropy_per_example
+from .guesses import error_vector
 from .models import linear_site
 
 
@@ -137,8 +138,7 @@ class LocalMixer(nn.Module):
         b, g = x.shape[0], self.groups
         for k, (h, logits) in enumerate(self.blocks(x, perturbations, trace)):
             heads = heads + cross_entropy_per_example(logits, targets)
-            error = torch.softmax(logits.detach(), -1) - F.one_hot(targets, logits.shape[-1])
-            d_pooled = error @ self.layers[3 * k + 3].weight.detach() / self.tokens  # [B, D]
+            d_pooled = error_vector(logits.detach(), targets) @ self.layers[3 * k + 3].weight.detach() / self.tokens  # [B, D]
             live = (h - h.detach()) * d_pooled[:, None, :]
             slices.append(live.reshape(b, self.tokens, g, -1).sum(-1).flatten(1))
         return heads, torch.cat(slices, 1)
@@ -173,8 +173,7 @@ class LocalMixer(nn.Module):
         dL_k/d logits = softmax(logits) - onehot(target), per example, no guess needed."""
         if not self.local:
             return {}
-        return {i: torch.softmax(s, -1) - F.one_hot(targets, s.shape[-1])
-                for i, s in enumerate(trace.preactivations) if self._kind(i) == "head"}
+        return {i: error_vector(s, targets) for i, s in enumerate(trace.preactivations) if self._kind(i) == "head"}
 
     # --- how layers connect, for the architecture-aware guesses ----------------------------
 

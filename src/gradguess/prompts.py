@@ -29,6 +29,8 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torchvision.models import VisionTransformer, vit_b_16
 
+from .guesses import error_vector
+
 
 PROMPT_METHODS = ("backprop", "head_only", "directional", "activation_perturbation", "w_transpose")
 
@@ -88,11 +90,9 @@ class PromptedViT(nn.Module):
     def features(self, x: Tensor, prompts: Tensor | None = None) -> Tensor:
         """The class token's output [B, D]; ``prompts`` [P, D] or per example [B, P, D]."""
         vit, b = self.backbone, x.shape[0]
-        if x.shape[1] == 1:  # a grayscale image as RGB, as the ViTs were built for
-            x = x.expand(-1, 3, -1, -1)
-        if x.shape[-1] != vit.image_size:
-            raise ValueError(f"the backbone takes {vit.image_size}x{vit.image_size} images, "
-                             f"got {tuple(x.shape[-2:])}")
+        if x.shape[1] != 3 or x.shape[-1] != vit.image_size:
+            raise ValueError(f"the backbone takes 3x{vit.image_size}x{vit.image_size} images, got "
+                             f"{tuple(x.shape[1:])} (grayscale through gradguess.data.as_rgb)")
         prompts = self.prompts if prompts is None else prompts
         tokens = vit._process_input(x)
         tokens = torch.cat([vit.class_token.expand(b, -1, -1), tokens], 1) + vit.encoder.pos_embedding
@@ -125,12 +125,11 @@ def prompt_guess(model: PromptedViT, method: str, batch: int, generator) -> Tens
     raise ValueError(f"unknown prompt method {method!r}; known: {', '.join(PROMPT_METHODS)}")
 
 
-def _write_exact_head_grad(model: PromptedViT, features: Tensor, logits: Tensor,
-                           targets: Tensor) -> None:
-    """dL/dW_head = (softmax - onehot)^T f / B, dL/db = mean(softmax - onehot): no guess."""
-    error = (torch.softmax(logits, -1) - F.one_hot(targets, logits.shape[-1])) / len(targets)
-    model.head.weight.grad = error.T @ features
-    model.head.bias.grad = error.sum(0)
+def _write_exact_head_grad(model: PromptedViT, features: Tensor, error: Tensor) -> None:
+    """dL/dW_head = error^T f / B, dL/db = mean(error), error = softmax - onehot: no guess."""
+    per_example = error / len(error)
+    model.head.weight.grad = per_example.T @ features
+    model.head.bias.grad = per_example.sum(0)
 
 
 def estimate_prompt_gradient(model: PromptedViT, x: Tensor, targets: Tensor, method: str,
@@ -148,7 +147,7 @@ def estimate_prompt_gradient(model: PromptedViT, x: Tensor, targets: Tensor, met
         with torch.no_grad():
             features = model.features(x)
             logits = model.head(features)
-        _write_exact_head_grad(model, features, logits, targets)
+        _write_exact_head_grad(model, features, error_vector(logits, targets))
         model.prompts.grad = None
         return F.cross_entropy(logits, targets)
     y = prompt_guess(model, method, len(targets), generator)
@@ -159,8 +158,8 @@ def estimate_prompt_gradient(model: PromptedViT, x: Tensor, targets: Tensor, met
         features, tangent = torch.func.jvp(lambda p: model.features(x, p), (prompts,),
                                            (y.expand_as(prompts).contiguous(),))
         logits = model.head(features)
-        _write_exact_head_grad(model, features, logits, targets)
-        error = torch.softmax(logits, -1) - F.one_hot(targets, logits.shape[-1])
+        error = error_vector(logits, targets)
+        _write_exact_head_grad(model, features, error)
         derivative = (error * (tangent @ model.head.weight.T)).sum(-1)  # g_b . y_b, per example
         if y.dim() == 2:  # one direction: the derivative of the batch-mean loss
             model.prompts.grad = derivative.mean() * y

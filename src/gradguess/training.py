@@ -312,7 +312,6 @@ def train_replicates(model: StackedMLP, data, method: str = "w_transpose", *, st
     return history
 
 
-
 def train_classifier(model, data, *, epochs: int, batch_size: int = 128, lr: float = 1e-3,
                      seed: int = 0, progress: bool = True) -> dict:
     """Plain backprop with AdamW for any torch classifier ``model(x) -> logits`` (the
@@ -329,8 +328,7 @@ def train_classifier(model, data, *, epochs: int, batch_size: int = 128, lr: flo
             F.cross_entropy(model(data.train_x[idx]), data.train_y[idx]).backward()
             opt.step()
         model.eval()
-        with torch.no_grad():
-            history["test_acc"].append(accuracy(model, data.test_x, data.test_y, batch_size=512))
+        history["test_acc"].append(accuracy(model, data.test_x, data.test_y, batch_size=512))
     return history
 
 
@@ -357,8 +355,7 @@ def train_prompts(model, data, method: str, *, steps: int, eval_every: int,
 
     def observe(step):
         history["step"].append(step)
-        with torch.no_grad():
-            history["test_acc"].append(accuracy(model, data.test_x, data.test_y, batch_size=512))
+        history["test_acc"].append(accuracy(model, data.test_x, data.test_y, batch_size=512))
         history["cosine"].append(1.0 if method == "backprop" else 0.0 if method == "head_only" else
                                  prompt_cosine(model, fixed_x, fixed_y, method, probe_rng,
                                                cosine_repeats))

@@ -12,9 +12,8 @@ import argparse
 
 import torch
 
-from gradguess.cost import MATMUL_UNITS, median_times, peak_step_memory, step_function
-from gradguess.estimators import METHODS
-from gradguess.fused import FUSED_METHODS
+from gradguess.cost import matmul_units, median_times, peak_step_memory, step_function
+from gradguess.methods import METHODS
 from gradguess.models import MLP
 from gradguess.scales import resolve_device
 
@@ -35,11 +34,11 @@ def main():
     x = torch.randn(args.batch_size, 784, device=device)
     y = torch.randint(0, 10, (args.batch_size,), device=device)
     generator = torch.Generator(device=device).manual_seed(0)
-    variants = [("backprop", "exact")]
-    variants += [(m, "reference") for m, spec in METHODS.items()
-                 if spec.space != "exact" and m not in ("matched_cosine", "singular_power",
-                                                        "w_transpose_debiased")]
-    variants += [(m, e) for m in FUSED_METHODS for e in ("fused", "fused-lean")]
+    # the methods of Table 1: those with a cost model or a fused path (not the analysis variants)
+    table = [m for m, spec in METHODS.items() if spec.space != "exact" and (spec.matmuls or spec.fused)]
+    variants = [("backprop", "exact")] + [(m, "reference") for m in table]
+    variants += [(m, e) for m in table if METHODS[m].fused for e in ("fused", "fused-lean")]
+    units_of = matmul_units()
     steps = {v: step_function(model, x, y, v[0], v[1], generator, opt) for v in variants}
     times = median_times(steps, args.repeats, device)
     base = times["backprop", "exact"]
@@ -49,7 +48,7 @@ def main():
     print(f"{'method':26s}{'estimator':12s}{'ms/step':>9s}{'x backprop':>12s}{'bound':>7s}"
           f"{'peak MiB':>10s}")
     for (method, estimator), seconds in times.items():
-        units = MATMUL_UNITS.get(method if estimator != "reference" else f"{method} (reference)")
+        units = units_of.get((method, estimator))
         bound = f"{units / 3:.2f}" if units else "-"
         gradient_only = step_function(model, x, y, method, estimator, generator)  # no optimizer
         peak = peak_step_memory(gradient_only, (x, y), device) / 2 ** 20

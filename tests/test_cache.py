@@ -1,38 +1,116 @@
+"""Cached runs are keyed by the call itself: every argument, the function's code, the globals it
+reads and the package's code; a change to any of them computes anew."""
+import importlib
+import sys
+import textwrap
+
+import pytest
 import torch
 
-from gradguess.cache import cached, cached_checkpoint
+from gradguess import cache
+from gradguess.cache import CACHE_STATS, cached, cached_call, call_key
+
+from conftest import blobs
 
 
-def test_computes_once_per_configuration(tmp_path):
-    calls = []
-
-    def compute():
-        calls.append(1)
-        return {"acc": [0.5, float("nan")], "diverged": True}
-
-    first = cached({"lr": 1e-3, "seed": 0}, compute, tmp_path)
-    again = cached({"seed": 0, "lr": 1e-3}, compute, tmp_path)  # same configuration
-    assert len(calls) == 1 and again["diverged"] and again["acc"][0] == 0.5
-    assert first["acc"][0] == again["acc"][0]
-    cached({"lr": 1e-2, "seed": 0}, compute, tmp_path)
-    assert len(calls) == 2
-    assert not list(tmp_path.glob("*.tmp"))  # written atomically, no leftovers
+def run(data, *, depth: int, width: int = 8, method: str = "w_transpose", options=None, seed=0):
+    return {"acc": [0.5, float("nan")], "diverged": True, "pair": (depth, width)}
 
 
-def test_environment_names_the_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv("GRADGUESS_CACHE", str(tmp_path / "c"))
-    cached({"x": 1}, lambda: {"y": 2})
-    assert len(list((tmp_path / "c").glob("*.json"))) == 1
+def pretrain(size):
+    return {"w": torch.arange(float(size))}
+
+
+class Computed:
+    """How many results were computed (not read back) since it was made."""
+
+    def __init__(self):
+        self.start = CACHE_STATS["computed"]
+
+    def __len__(self):
+        return CACHE_STATS["computed"] - self.start
+
+
+@pytest.fixture(autouse=True)
+def fresh(tmp_path, monkeypatch):
+    global CALLS
+    CALLS = Computed()
+    monkeypatch.setenv("GRADGUESS_CACHE", str(tmp_path / "runs"))
+
+
+def test_computes_once_per_call_however_it_is_written():
+    data = blobs()
+    first = cached(run, data, depth=3)
+    again = cached(run, data, depth=3, width=8, seed=0)  # the defaults, spelled out
+    assert len(CALLS) == 1 and again["diverged"] and again["acc"][0] == 0.5
+    assert first == again  # a fresh result reads as a cached one does (tuples become lists)
+    assert again["pair"] == [3, 8]
+    assert CACHE_STATS["from cache"] >= 1
+    assert not list((cache.cache_dir()).glob("*.tmp"))  # written atomically, no leftovers
+
+
+@pytest.mark.parametrize("change", [dict(depth=6), dict(width=16), dict(method="backprop"),
+                                    dict(options={"k": 2}), dict(seed=1)])
+def test_every_argument_is_in_the_key(change):
+    data = blobs()
+    cached(run, data, depth=3, options={"k": 1})
+    cached(run, data, **{"depth": 3, "options": {"k": 1}, **change})
+    assert len(CALLS) == 2
+
+
+def test_the_data_is_keyed_by_content():
+    cached(run, blobs(seed=0), depth=3)
+    cached(run, blobs(seed=1), depth=3)  # same name and shapes, other images
+    assert len(CALLS) == 2
+    cached(run, blobs(seed=0).subset(50, seed=0), depth=3)
+    cached(run, blobs(seed=0).subset(50, seed=1), depth=3)  # another subset of the same size
+    assert len(CALLS) == 4
+
+
+def test_the_package_code_is_in_the_key(monkeypatch):
+    data = blobs()
+    cached(run, data, depth=3)
+    monkeypatch.setattr(cache, "code_fingerprint", lambda: "other package code")
+    cached(run, data, depth=3)
+    assert len(CALLS) == 2
+
+
+def write_module(folder, body):
+    (folder / "chapter_code.py").write_text(textwrap.dedent(body))
+    sys.modules.pop("chapter_code", None)
+    return importlib.import_module("chapter_code")
+
+
+def test_the_code_of_a_function_outside_the_package_is_in_the_key(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    body = """
+        RATE = {rate}
+        def helper(x):
+            return x * {factor}
+        def experiment(n):
+            return {{"value": helper(n) + RATE}}
+    """
+    module = write_module(tmp_path, body.format(rate=1, factor=2))
+    assert cached(module.experiment, 3)["value"] == 7
+    assert cached(module.experiment, 3)["value"] == 7 and CACHE_STATS["from cache"] >= 1
+    module = write_module(tmp_path, body.format(rate=1, factor=10))  # a helper it calls changed
+    assert cached(module.experiment, 3)["value"] == 31
+    module = write_module(tmp_path, body.format(rate=5, factor=10))  # a global it reads changed
+    assert cached(module.experiment, 3)["value"] == 35
+
+
+def test_arguments_the_key_cannot_see_are_refused():
+    data = blobs()
+    with pytest.raises(TypeError, match="cannot key"):
+        cached(run, data, depth=3, options={"rng": torch.Generator()})
+    with pytest.raises(TypeError, match="closure or lambda"):
+        cached(run, data, depth=3, options={"on_epoch": lambda model: {}})
+    with pytest.raises(TypeError):
+        call_key(run, (data,), {"depth": 3, "colour": "red"})  # not an argument of run
 
 
 def test_checkpoints_are_computed_once(tmp_path):
-    calls = []
-
-    def compute():
-        calls.append(1)
-        return {"w": torch.arange(3.0)}
-
-    first = cached_checkpoint({"model": "vit"}, compute, tmp_path)
-    again = cached_checkpoint({"model": "vit"}, compute, tmp_path)
-    assert len(calls) == 1 and torch.equal(first["w"], again["w"])
-    assert not list(tmp_path.glob("*.tmp"))
+    first = cached_call(tmp_path, pretrain, 3)
+    again = cached_call(tmp_path, pretrain, 3)
+    assert len(CALLS) == 1 and torch.equal(first["w"], again["w"])
+    assert len(list(tmp_path.glob("*.pt"))) == 1

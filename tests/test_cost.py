@@ -1,7 +1,8 @@
 """The cost measurements measure what they say (no timing is asserted)."""
 import torch
 
-from gradguess.cost import MATMUL_UNITS, median_times, peak_step_memory, replicate_throughput, step_function
+from gradguess.cost import (matmul_units, median_times, peak_memories, peak_step_memory,
+                            replicate_throughput, step_function, step_times)
 from gradguess.models import MLP
 
 from conftest import blobs
@@ -41,4 +42,16 @@ def test_median_times_and_replicates_run():
     assert set(times) == {"a", "b"} and len(calls) == 4  # one warm-up, three timed
     result = replicate_throughput(blobs(), replicates=2, steps=3, depth=3, width=8, batch_size=20)
     assert result["sequential"] > 0 and result["side_by_side"] > 0
-    assert MATMUL_UNITS["w_transpose"] / MATMUL_UNITS["backprop"] <= 4 / 3
+    units = matmul_units()
+    assert units["w_transpose", "fused"] / units["backprop", "exact"] <= 4 / 3
+    assert units["w_transpose", "reference"] > units["w_transpose", "fused"]
+
+
+def test_step_times_and_peak_memories_cover_every_variant_and_depth():
+    x, y = torch.randn(16, 12), torch.randint(0, 3, (16,))
+    variants = [("backprop", "exact"), ("w_transpose", "fused"), ("w_transpose", "fused-lean")]
+    seconds = step_times(x, y, variants, (2, 3), width=8, repeats=2, classes=3)
+    peaks = peak_memories(x, y, variants, (2, 3), width=8, classes=3)
+    assert set(seconds) == set(peaks) == {(v, d) for v in variants for d in (2, 3)}
+    assert all(s > 0 for s in seconds.values())
+    assert all(p > x.untyped_storage().nbytes() for p in peaks.values())  # the batch and more

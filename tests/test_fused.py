@@ -73,7 +73,7 @@ def test_fused_refuses_what_it_cannot_do(net):
 
 def test_auto_estimator_is_fused_where_it_applies(net):
     from gradguess.models import MLP as Plain
-    from gradguess.training import resolve_estimator
+    from gradguess.estimators import resolve_estimator
     model = Plain(4, 8, 3, 2)
     assert resolve_estimator("auto", model, "w_transpose", "global", {}) == "fused"
     assert resolve_estimator("auto", model, "downstream", "global", {"k": 2}) == "reference"

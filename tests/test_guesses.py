@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from gradguess import guesses
-from gradguess.estimators import METHODS, backprop_gradient
+from gradguess.estimators import backprop_gradient
+from gradguess.methods import METHODS
 from gradguess.metrics import cosine_similarity, flatten
 
 from conftest import traced

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from gradguess.data import DataNotFoundError, Dataset, as_rgb, inverted, load_image_task
-from gradguess.prompts import (PromptedViT, estimate_prompt_gradient, load_vit_b16,
-                               prompt_guess, small_vit)
+from gradguess.methods import METHODS
+from gradguess.prompts import PromptedViT, estimate_prompt_gradient, load_vit_b16, small_vit
 from gradguess.training import train_prompts
 
 
@@ -46,7 +46,7 @@ def test_jvp_gives_each_examples_directional_derivative():
     model, x, y = tiny()
     true = per_example_prompt_grads(model, x, y)
     for method in ["activation_perturbation", "w_transpose"]:
-        guess = prompt_guess(model, method, len(y), torch.Generator().manual_seed(1))
+        guess = METHODS[method].prompt_guess(model, len(y), torch.Generator().manual_seed(1))
         estimate_prompt_gradient(model, x, y, method, torch.Generator().manual_seed(1))
         expected = ((true * guess).sum((1, 2))[:, None, None] * guess).mean(0)
         torch.testing.assert_close(model.prompts.grad, expected)
@@ -69,7 +69,7 @@ def test_isotropic_guesses_average_to_the_prompt_gradient():
 def test_w_transpose_guess_has_covariance_wtw():
     """y = W_qkv^T eta: E[y y^T] = W^T W per prompt token (the paper's W^T, biased)."""
     model, _, _ = tiny()
-    ys = prompt_guess(model, "w_transpose", 40000, torch.Generator().manual_seed(0))[:, 0]
+    ys = METHODS["w_transpose"].prompt_guess(model, 40000, torch.Generator().manual_seed(0))[:, 0]
     w = model.qkv_weight().detach()
     second = ys.T @ ys / len(ys)
     expected = w.T @ w

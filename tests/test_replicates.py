@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from gradguess import guesses
-from gradguess.estimators import METHODS, Method, backprop_gradient, estimate_gradient
+from gradguess.estimators import backprop_gradient, estimate_gradient
+from gradguess.methods import METHODS, Method
 from gradguess.metrics import cosine_similarity, effective_rank, replicate_cosines
 from gradguess.models import MLP, StackedMLP, stack_mlps
 from gradguess.training import accuracy, train_replicates
@@ -57,7 +58,8 @@ def test_stacked_guessed_update_equals_separate_ones(replicas, monkeypatch, meth
         # the stacked guess's geometry matches the replicate's own: same range, same masks
         single_guess = spec.guess(mlp, traced(mlp, x), torch.Generator().manual_seed(0), **options)
         assert [t.shape for t in single_guess] == [t[r].shape for t in stacked_guess]
-    fixed = lambda ys: Method("activations", lambda *a, **k: ys, exact_last=spec.exact_last)
+    fixed = lambda ys: Method("fixed", "fixed", "gray", "activations", lambda *a, **k: ys,
+                              exact_last=spec.exact_last)
     monkeypatch.setitem(METHODS, "fixed", fixed(stacked_guess))
     estimate_gradient(stacked, x, y, "fixed")
     for r, mlp in enumerate(mlps):

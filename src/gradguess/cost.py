@@ -10,26 +10,21 @@ import weakref
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .estimators import estimate_gradient
+from .estimators import estimate_gradient, gradient_writer
+from .methods import METHODS
 from .models import MLP, StackedMLP
-from .training import gradient_writer
 
-# Matmul units per layer (one unit: a [B, d_in] x [d_in, d_out] product) of a step, which bound
-# its time ratio to backprop's 3 (forward; backward to the input; backward to the weights).
-MATMUL_UNITS = {
-    "backprop": 3,
-    "directional (reference)": 4,       # loss forward; JVP: primal, tangent W x' + W' x (two)
-    "activation_perturbation": 3,       # fused: forward, tangent, update outer product
-    "activation_mixing": 3,             # fused, + the B x B mixing (B / d_out of a unit)
-    "w_transpose": 4,                   # fused: forward, tangent, guess eps W, update
-    "downstream": 4,                    # as W^T, with the next layer's mask
-    "w_transpose (reference)": 5,       # forward, guess, JVP (primal again, tangent), update
-}
+
+def matmul_units() -> dict[tuple[str, str], int]:
+    """(method, estimator) -> matmul units per layer of a step (one unit: a [B, d_in] x
+    [d_in, d_out] product), from the method registry; backprop's 3 bounds the time ratios."""
+    return {(name, estimator): units for name, method in METHODS.items()
+            for estimator, units in method.matmuls.items()}
 
 
 def step_function(model, x, targets, method: str, estimator: str, generator, optimizer=None):
     """One training step of ``method`` with ``estimator`` ("reference", "fused" or
-    "fused-lean"; backprop is always exact), followed by ``optimizer.step()`` if given."""
+    "fused-lean"; backprop's "exact" is always exact), followed by ``optimizer.step()`` if given."""
     write = gradient_writer(method, "global", estimator)
 
     def step():
@@ -37,6 +32,43 @@ def step_function(model, x, targets, method: str, estimator: str, generator, opt
         if optimizer is not None:
             optimizer.step()
     return step
+
+
+def step_times(x, targets, variants, depths, *, width: int, repeats: int, seed: int = 0,
+               classes: int = 10) -> dict:
+    """Median seconds of one AdamW step of each (method, estimator) in ``variants`` on an MLP of
+    width ``width`` and each depth (initialised from ``seed``; a tiny learning rate, so the
+    weights barely move), the variants interleaved (`median_times`):
+    {((method, estimator), depth): seconds}."""
+    device = x.device
+    seconds = {}
+    for depth in depths:
+        torch.manual_seed(seed)
+        model = MLP(x.shape[1], width, depth, classes).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        steps = {v: step_function(model, x, targets, *v, generator, opt) for v in variants}
+        for variant, median in median_times(steps, repeats, device).items():
+            seconds[variant, depth] = median
+    return seconds
+
+
+def peak_memories(x, targets, variants, depths, *, width: int, seed: int = 0,
+                  classes: int = 10) -> dict:
+    """Peak bytes of one step of each (method, estimator) in ``variants`` beyond the model's
+    state (`peak_step_memory`, the batch included), on an MLP of each depth:
+    {((method, estimator), depth): bytes}."""
+    device = x.device
+    peaks = {}
+    for depth in depths:
+        torch.manual_seed(seed)
+        model = MLP(x.shape[1], width, depth, classes).to(device)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        for variant in variants:
+            step = step_function(model, x, targets, *variant, generator)
+            step()  # gradient buffers exist, as in training
+            peaks[variant, depth] = peak_step_memory(step, (x, targets), device)
+    return peaks
 
 
 def _synchronizer(device):

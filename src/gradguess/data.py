@@ -13,6 +13,7 @@ import os
 import pickle
 import zipfile
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,16 @@ class Dataset:
     test_y: Tensor
     num_classes: int
     source: str  # where the files came from, for provenance
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A hash of the name and the tensors' contents: what a cached run was computed on."""
+        digest = hashlib.sha256(f"{self.name}:{self.num_classes}".encode())
+        for t in (self.train_x, self.train_y, self.test_x, self.test_y):
+            t = t.detach().cpu().contiguous()
+            digest.update(f"{t.dtype}{list(t.shape)}".encode())
+            digest.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:24]
 
     @property
     def in_features(self) -> int:

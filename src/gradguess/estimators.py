@@ -17,63 +17,22 @@ Two modes for activation-space guesses:
 Weight-space guesses (directional descent) take one JVP per batch, over all weights in
 ``global`` mode and one per layer's weights in ``per_layer`` mode.
 """
-from dataclasses import dataclass
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import guesses
-from .models import Trace
+from .fused import fused_gradient
+from .losses import cross_entropy_per_example
+from .methods import get_method
+from .models import MLP, StackedMLP, Trace, write_linear_grad
 
 MODES = ("global", "per_layer")
-
-
-@dataclass(frozen=True)
-class Method:
-    """How the estimators use a guess function."""
-
-    space: str  # "activations", "weights", or "exact" (backprop)
-    guess: Callable | None = None
-    needs_targets: bool = False  # the guess reads the labels (self-sharpening's last layer)
-    exact_last: bool = False  # the last layer's guess is its exact gradient, not JVP-scaled
-    needs_true_gradient: bool = False  # the guess reads the true gradient (matched cosine)
-
-
-METHODS = {
-    "backprop": Method("exact"),
-    "directional": Method("weights", guesses.directional_guess),
-    "matched_cosine": Method("weights", guesses.matched_cosine_guess, needs_true_gradient=True),
-    "activation_perturbation": Method("activations", guesses.activation_perturbation_guess),
-    "activation_mixing": Method("activations", guesses.activation_mixing_guess),
-    "w_transpose": Method("activations", guesses.w_transpose_guess),
-    "downstream": Method("activations", guesses.downstream_guess),
-    "self_sharpening": Method("activations", guesses.self_sharpening_guess,
-                              needs_targets=True, exact_last=True),
-    "singular_power": Method("activations", guesses.singular_power_guess),
-    "w_transpose_debiased": Method("activations", guesses.debiased_w_transpose_guess),
-}
-
-
-def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
-    return METHODS[name]
 
 
 def check_mode(mode: str) -> str:
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; known modes: {', '.join(MODES)}")
     return mode
-
-
-def cross_entropy_per_example(logits: Tensor, targets: Tensor) -> Tensor:
-    """Cross-entropy of every example: logits ``[B, C]`` give ``[B]``; the logits
-    ``[R, B, C]`` of R stacked replicates (one target per example) give ``[R, B]``."""
-    targets = targets.expand(logits.shape[:-1])
-    return F.cross_entropy(logits.flatten(0, -2), targets.flatten(),
-                           reduction="none").view(logits.shape[:-1])
 
 
 def per_example_loss(model, x: Tensor, targets: Tensor, perturbations=None,
@@ -157,32 +116,6 @@ def per_example_gradients(model, x: Tensor, targets: Tensor) -> tuple[Tensor, li
     return grads[0], list(grads[1:])
 
 
-def write_linear_grad(layer, x_in: Tensor, grad_s: Tensor) -> None:
-    """dL/dW = sum over batch (and tokens) of grad_s x_in^T; dL/db = sum of grad_s.
-
-    For stacked replicates (weight ``[R, out, in]``) the sums run per replicate. A layer of
-    another kind (a grouped linear map) writes its own update (``layer.write_grad``).
-    """
-    if hasattr(layer, "write_grad"):
-        return layer.write_grad(x_in, grad_s)
-    lead = grad_s.shape[:layer.weight.dim() - 2]  # () or (R,)
-    g = grad_s.reshape(*lead, -1, grad_s.shape[-1])
-    x_in = x_in.reshape(*lead, -1, x_in.shape[-1])
-    _write(layer.weight, lambda out: torch.matmul(g.transpose(-1, -2), x_in, out=out))
-    if layer.bias is not None:
-        _write(layer.bias, lambda out: torch.sum(g, -2, out=out))
-
-
-def _write(param, compute) -> None:
-    """Write into the existing .grad buffer (no new allocation per step), else a new one."""
-    grad = param.grad
-    if grad is not None and grad.shape == param.shape and grad.dtype == param.dtype \
-            and grad.is_contiguous():
-        compute(grad)
-    else:
-        param.grad = compute(None)
-
-
 def _per_example(values: Tensor, like: Tensor) -> Tensor:
     """Per-example values ([B] or [R, B]) shaped to broadcast against ``like``."""
     return values.view(*values.shape, *([1] * (like.dim() - values.dim())))
@@ -256,13 +189,15 @@ def estimate_gradient(model, x: Tensor, targets: Tensor, method: str = "w_transp
                       **options) -> Tensor:
     """Write an estimate of d mean-cross-entropy / d weights into every ``.grad``.
 
-    ``method`` names an entry of `METHODS`; ``options`` go to its guess function (e.g.
+    ``method`` names an entry of `gradguess.methods.METHODS`; ``options`` go to its guess function (e.g.
     ``k=2`` for ``downstream``, ``p=3`` for ``singular_power``, ``cosine=0.02`` for
     ``matched_cosine``). Returns the batch loss before the step (detached; one per
     replicate for a stacked model).
     """
     spec = get_method(method)
     check_mode(mode)
+    if spec.space == "none":
+        raise ValueError(f"{method!r} guesses nothing: it is a prompt-tuning baseline")
     if spec.space == "exact":
         if options:
             raise TypeError(f"backprop takes no options, got {sorted(options)}")
@@ -279,3 +214,32 @@ def guessed_gradient(model, x, targets, method="w_transpose", mode="global", gen
     """`estimate_gradient`, returning copies of the gradients in ``model.parameters()`` order."""
     estimate_gradient(model, x, targets, method, mode, generator, **options)
     return [p.grad.detach().clone() for p in model.parameters() if p.requires_grad]
+
+
+# reference: torch.func.jvp (every method); fused: one forward pass (`gradguess.fused`);
+# fused-lean: the fused estimator's memory-lean mode (a second forward pass); auto: fused
+# where it applies (the same update, tested), else reference.
+ESTIMATORS = ("auto", "reference", "fused", "fused-lean")
+
+
+def resolve_estimator(estimator: str, model, method: str, mode: str, options: dict) -> str:
+    """The estimator a run uses: ``auto`` becomes ``fused`` where the fused estimator
+    applies (an MLP, the global mode, a method it runs, downstream with k = 1)."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
+    if estimator != "auto":
+        return estimator
+    fusable = (isinstance(model, (MLP, StackedMLP)) and mode == "global"
+               and get_method(method).fused and options.get("k", 1) == 1)
+    return "fused" if fusable else "reference"
+
+
+def gradient_writer(method: str, mode: str, estimator: str):
+    """The function ``(model, x, targets, generator, **options) -> loss`` that writes a step's
+    gradient into .grad with the chosen estimator (backprop is always exact)."""
+    if estimator == "reference" or get_method(method).space == "exact":
+        return lambda model, x, y, rng, **o: estimate_gradient(model, x, y, method, mode, rng, **o)
+    if mode != "global":
+        raise ValueError(f"the fused estimators run the global mode only, not {mode!r}")
+    fused_mode = "keep" if estimator == "fused" else "regenerate"
+    return lambda model, x, y, rng, **o: fused_gradient(model, x, y, method, rng, fused_mode, **o)

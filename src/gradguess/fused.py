@@ -20,21 +20,14 @@ Both give the reference estimator's update in the global mode (tests check this 
 tolerance) and leave the generator in the same state.
 """
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from . import guesses
-from .estimators import cross_entropy_per_example, write_linear_grad
-from .models import MLP, StackedMLP
+from .losses import cross_entropy_per_example, error_vector
+from .methods import get_method, method_names
+from .models import MLP, StackedMLP, write_linear_grad
 
-# The methods whose guess for layer i reads no more than s_{i+1}.
-FUSED_METHODS = {
-    "activation_perturbation": guesses.activation_perturbation_at,
-    "activation_mixing": guesses.activation_mixing_at,
-    "w_transpose": guesses.w_transpose_at,
-    "downstream": guesses.downstream_at,
-    "self_sharpening": guesses.self_sharpening_at,
-}
+# The methods whose guess for layer i reads no more than s_{i+1} (`Method.guess_at`).
+FUSED_METHODS = method_names(lambda method: method.fused)
 FUSED_MODES = ("keep", "regenerate")
 
 
@@ -46,7 +39,7 @@ def _layer_pass(model, x: Tensor, method: str, generator, options: dict, inputs:
     a_i gives alike. The primal runs one layer ahead so that a guess may read s_{i+1}. With
     ``inputs=False`` x_i is not yielded (None): the memory-lean first pass does not need it.
     """
-    guess_at = FUSED_METHODS[method]
+    guess_at = get_method(method).guess_at
     layers = model.layers
     last = len(layers) - 1
     h = x.flatten(1) if isinstance(model, MLP) else x.flatten(1).expand(model.replicates, -1, -1)
@@ -68,18 +61,19 @@ def fused_gradient(model, x: Tensor, targets: Tensor, method: str = "w_transpose
     """Write the guessed gradient of ``method`` into every ``.grad`` from one forward pass
     (two in the ``regenerate`` mode). Same contract as `estimators.estimate_gradient` in its
     global mode; returns the batch loss (one per replicate for a `StackedMLP`)."""
-    if method not in FUSED_METHODS:
+    spec = get_method(method)
+    if not spec.fused:
         raise ValueError(f"the fused estimator runs {', '.join(FUSED_METHODS)}; got {method!r}")
     if mode not in FUSED_MODES:
         raise ValueError(f"unknown fused mode {mode!r}; known modes: {', '.join(FUSED_MODES)}")
     if not isinstance(model, (MLP, StackedMLP)):
         raise TypeError(f"the fused estimator is written for MLP and StackedMLP, not "
                         f"{type(model).__name__}")
-    if method == "downstream" and options.get("k", 1) != 1:
+    if options.get("k", 1) != 1:
         raise ValueError("the fused estimator runs 1-layer downstream only (k = 1): a k-layer "
                          "guess reads s_{i+k}, beyond the one-layer look-ahead")
-    exact_last = method == "self_sharpening"
-    if exact_last:
+    exact_last = spec.exact_last
+    if spec.needs_targets:
         options = {**options, "targets": targets}
     last = len(model.layers) - 1
     batch = targets.shape[-1]
@@ -105,7 +99,7 @@ def fused_gradient(model, x: Tensor, targets: Tensor, method: str = "w_transpose
         elif i == last:
             logits, tangent_logits = a, t
         del t, y, h, a, w_t
-    error = guesses.error_vector(logits, targets)
+    error = error_vector(logits, targets)
     if tangent_logits is None:  # self-sharpening on a single layer: nothing is guessed
         tangent_logits = torch.zeros_like(logits)
     derivative = (error * tangent_logits).sum(-1)  # d_b = d loss_b / d s . t, per example

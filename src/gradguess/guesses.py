@@ -19,9 +19,9 @@ Models follow the protocol of `gradguess.models` (``model.layers``, a `Trace`).
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from .losses import error_vector
 from .models import activation, inactive, pull_back, successor
 
 
@@ -135,11 +135,6 @@ def downstream_at(model, pre, i, generator, k: int = 1) -> Tensor:
     if successor(model, i) is None:
         return normal(pre[i])
     return _pulled_back_noise(model, pre, i, normal, k, through_nonlinearity=True)
-
-
-def error_vector(logits: Tensor, targets: Tensor) -> Tensor:
-    """softmax(logits) - onehot(targets): the exact d loss_b / d logits_b of cross-entropy."""
-    return torch.softmax(logits, dim=-1) - F.one_hot(targets, logits.shape[-1]).to(logits.dtype)
 
 
 def self_sharpening_at(model, pre, i, generator, targets: Tensor, low: float = 0.0,
@@ -272,3 +267,30 @@ def matched_cosine_guess(params: list[Tensor], generator, true_grads: list[Tenso
     guess = cosine * g_par + math.sqrt(1.0 - cosine ** 2) * g_perp
     pieces = torch.split(guess, [p.numel() for p in params])
     return [piece.view_as(p) for piece, p in zip(pieces, params)]
+
+
+# --- guesses of a prompt-tuned ViT's prompts (paper A.6) ----------------------------------
+# ``guess(model, batch, generator) -> Tensor``: one direction [P, D] over the prompts, or one
+# per example [B, P, D] (the prompts as that example's activations). ``model`` has
+# ``prompts`` [P, D] and ``qkv_weight()`` (`gradguess.prompts.PromptedViT`).
+
+def _normal_prompts(model, shape, generator) -> Tensor:
+    p = model.prompts
+    return torch.randn(shape, generator=generator, device=p.device, dtype=p.dtype)
+
+
+def directional_prompt_guess(model, batch: int, generator) -> Tensor:
+    """Directional descent over the prompts: one y ~ N(0, I) [P, D] for the whole batch."""
+    return _normal_prompts(model, model.prompts.shape, generator)
+
+
+def activation_perturbation_prompt_guess(model, batch: int, generator) -> Tensor:
+    """Activation perturbation: y_b ~ N(0, I) [P, D] for every example b."""
+    return _normal_prompts(model, (batch, *model.prompts.shape), generator)
+
+
+def w_transpose_prompt_guess(model, batch: int, generator) -> Tensor:
+    """W^T: y_b = W_qkv^T eta_b, eta_b ~ N(0, I), per example and prompt token: noise at the
+    query, key and value projections that first read the prompts, pulled back through them."""
+    w = model.qkv_weight()
+    return _normal_prompts(model, (batch, model.prompts.shape[0], w.shape[0]), generator) @ w

@@ -59,6 +59,33 @@ def linear_site(i: int, layer: nn.Linear, x: Tensor, perturbations=None,
     return s
 
 
+def write_linear_grad(layer, x_in: Tensor, grad_s: Tensor) -> None:
+    """Layer i's weight gradient from dL/ds_i, what its backward pass would compute (A.4):
+    dL/dW = sum over batch (and tokens) of grad_s x_in^T; dL/db = sum of grad_s.
+
+    For stacked replicates (weight ``[R, out, in]``) the sums run per replicate. A layer of
+    another kind (a grouped linear map) writes its own update (``layer.write_grad``).
+    """
+    if hasattr(layer, "write_grad"):
+        return layer.write_grad(x_in, grad_s)
+    lead = grad_s.shape[:layer.weight.dim() - 2]  # () or (R,)
+    g = grad_s.reshape(*lead, -1, grad_s.shape[-1])
+    x_in = x_in.reshape(*lead, -1, x_in.shape[-1])
+    _write(layer.weight, lambda out: torch.matmul(g.transpose(-1, -2), x_in, out=out))
+    if layer.bias is not None:
+        _write(layer.bias, lambda out: torch.sum(g, -2, out=out))
+
+
+def _write(param, compute) -> None:
+    """Write into the existing .grad buffer (no new allocation per step), else a new one."""
+    grad = param.grad
+    if grad is not None and grad.shape == param.shape and grad.dtype == param.dtype \
+            and grad.is_contiguous():
+        compute(grad)
+    else:
+        param.grad = compute(None)
+
+
 def successor(model, i: int) -> int | None:
     """The layer that consumes layer i's output; None for the last (its output is logits)."""
     if hasattr(model, "successor"):

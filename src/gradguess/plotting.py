@@ -1,19 +1,9 @@
-"""One look for every figure: seaborn's theme, a fixed colour and label per method."""
+"""One look for every figure: seaborn's theme; each method's colour and label come from its
+record in `gradguess.methods`."""
 import matplotlib.pyplot as plt
 import seaborn as sns
 
-METHOD_LABELS = {
-    "backprop": "backprop",
-    "directional": "directional descent",
-    "matched_cosine": "matched-cosine directional",
-    "activation_perturbation": "activation perturbation",
-    "activation_mixing": "activation mixing",
-    "w_transpose": "$W^T$",
-    "downstream": "1-layer downstream",
-    "self_sharpening": "self-sharpening",
-    "singular_power": "$W^T$, singular values$^p$",
-}
-METHOD_COLORS = dict(zip(METHOD_LABELS, sns.color_palette("tab10", len(METHOD_LABELS))))
+from .methods import METHODS
 
 
 def set_style() -> None:
@@ -22,8 +12,9 @@ def set_style() -> None:
 
 
 def label(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
+    """A method's name in figures and tables (`gradguess.methods`); other names as given."""
+    return METHODS[method].label if method in METHODS else method
 
 
 def color(method: str):
-    return METHOD_COLORS.get(method, "gray")
+    return METHODS[method].color if method in METHODS else "gray"

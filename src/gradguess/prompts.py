@@ -29,10 +29,11 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torchvision.models import VisionTransformer, vit_b_16
 
-from .guesses import error_vector
+from .losses import error_vector
+from .methods import get_method, method_names
 
-
-PROMPT_METHODS = ("backprop", "head_only", "directional", "activation_perturbation", "w_transpose")
+# backprop, the head-only baseline, and every method with a guess of the prompts
+PROMPT_METHODS = method_names(lambda method: method.tunes_prompts)
 
 
 @contextmanager
@@ -108,23 +109,6 @@ class PromptedViT(nn.Module):
         return self.backbone.encoder.layers[0].self_attention.in_proj_weight
 
 
-def prompt_guess(model: PromptedViT, method: str, batch: int, generator) -> Tensor:
-    """A guess of the prompts' gradient: [P, D] (directional) or per example [B, P, D]."""
-    p = model.prompts
-
-    def normal(*shape):
-        return torch.randn(shape, generator=generator, device=p.device, dtype=p.dtype)
-
-    if method == "directional":
-        return normal(*p.shape)
-    if method == "activation_perturbation":
-        return normal(batch, *p.shape)
-    if method == "w_transpose":
-        w = model.qkv_weight()
-        return normal(batch, p.shape[0], w.shape[0]) @ w
-    raise ValueError(f"unknown prompt method {method!r}; known: {', '.join(PROMPT_METHODS)}")
-
-
 def _write_exact_head_grad(model: PromptedViT, features: Tensor, error: Tensor) -> None:
     """dL/dW_head = error^T f / B, dL/db = mean(error), error = softmax - onehot: no guess."""
     per_example = error / len(error)
@@ -138,19 +122,20 @@ def estimate_prompt_gradient(model: PromptedViT, x: Tensor, targets: Tensor, met
     exact gradient into ``.grad``; return the batch-mean loss (detached)."""
     if method not in PROMPT_METHODS:
         raise ValueError(f"unknown prompt method {method!r}; known: {', '.join(PROMPT_METHODS)}")
-    if method == "backprop":
+    spec = get_method(method)
+    if spec.space == "exact":
         model.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x), targets)
         loss.backward()
         return loss.detach()
-    if method == "head_only":  # the baseline: prompts left at their initialisation
+    if spec.space == "none":  # the baseline: prompts left at their initialisation
         with torch.no_grad():
             features = model.features(x)
             logits = model.head(features)
         _write_exact_head_grad(model, features, error_vector(logits, targets))
         model.prompts.grad = None
         return F.cross_entropy(logits, targets)
-    y = prompt_guess(model, method, len(targets), generator)
+    y = spec.prompt_guess(model, len(targets), generator)  # [P, D], or [B, P, D] per example
     prompts = model.prompts.detach().expand(len(targets), -1, -1).contiguous()
     # one JVP of the features (each example with its own copy of the prompts); the loss's
     # derivative through the head follows in closed form: (softmax - onehot) . W_head t_b
@@ -180,3 +165,17 @@ def prompt_cosine(model: PromptedViT, x: Tensor, targets: Tensor, method: str, g
         total += float(F.cosine_similarity(model.prompts.grad.flatten(), true.flatten(), 0))
     model.zero_grad(set_to_none=True)
     return total / repeats
+
+
+def final_accuracy(histories: list[dict], test_size: int) -> tuple[float, float]:
+    """The mean final test accuracy of a method's runs (one history per seed, diverged runs
+    left out) and its binomial standard error over the test images of every run counted
+    (``test_size`` each): the noise of measuring, not of training. NaNs if every run diverged."""
+    from .histories import final
+
+    values = [final(history, "test_acc") for history in histories]
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    p = sum(values) / len(values)
+    return p, math.sqrt(p * (1 - p) / (len(values) * test_size))

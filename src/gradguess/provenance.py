@@ -40,8 +40,9 @@ def device_name(device: torch.device) -> str:
 
 
 def provenance(*, scale: str, device: torch.device, dataset: str, data_source: str, seed: int,
-               started: float) -> dict:
-    """A record of this execution; ``started`` is the ``time.perf_counter()`` at its start."""
+               started: float, settings: dict | None = None, extra: dict | None = None) -> dict:
+    """A record of this execution; ``started`` is the ``time.perf_counter()`` at its start.
+    Every one of the chapter's ``settings`` gets a row ``setting: <name>``."""
     record = {
         "scale": scale,
         "device": device_name(device),
@@ -51,6 +52,18 @@ def provenance(*, scale: str, device: torch.device, dataset: str, data_source: s
         "python": platform.python_version(),
         **{package: _version(package) for package in PACKAGES},
         "executed at (UTC)": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        **{f"setting: {name}": _plain(value) for name, value in (settings or {}).items()},
+        **(extra or {}),
         "wall time": f"{time.perf_counter() - started:.0f} s",
     }
     return record
+
+
+def _plain(value) -> str:
+    """A setting as text: sequences without brackets' clutter, None as "all"."""
+    if value is None:
+        return "all"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_plain(v) if not isinstance(v, (list, tuple))
+                         else "x".join(map(str, v)) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)

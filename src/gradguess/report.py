@@ -1,15 +1,41 @@
-"""The reproduction report's two tables, read from what the chapters committed: every claim
+"""The book's tables about itself: what each scale means in every chapter (from the settings),
+and the reproduction report's two tables, read from what the chapters committed: every claim
 from the chapters' ledgers (never retyped), and every chapter's last execution from its
 executed notebook (papermill's record and the provenance cell)."""
 import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
 from .ledger import CLAIM_IDS, Ledger
+from .provenance import _plain
+from .scales import SCALES
+from .settings import SETTINGS
 
 _ROW = re.compile(r"<tr>\s*<th>(.*?)</th>\s*<td>(.*?)</td>\s*</tr>", re.S)
+
+
+def scales_table(settings: dict | None = None, scales: dict | None = None, *,
+                 varying_only: bool = False) -> pd.DataFrame:
+    """What each scale means in each chapter: one row per chapter and setting, one column per
+    scale, the values as the provenance cells write them (a size of None as "all"; "–" where a
+    chapter has no settings at that scale), the scales' descriptions in a first row. With
+    ``varying_only``, only the settings that differ between scales."""
+    settings = SETTINGS if settings is None else settings
+    scales = SCALES if scales is None else scales
+    rows = {("", "description"): {name: scale.description for name, scale in scales.items()}}
+    for chapter, by_scale in settings.items():
+        values = {name: asdict(by_scale[name]) for name in scales if name in by_scale}
+        fields = next(iter(values.values()), {})
+        for field in fields:
+            row = {name: _plain(values[name][field]) if name in values else "–" for name in scales}
+            if not varying_only or len(set(row.values())) > 1:
+                rows[chapter, field] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index = pd.MultiIndex.from_tuples(table.index, names=["chapter", "setting"])
+    return table
 
 
 def executed_folder(start=None) -> Path:

@@ -1,7 +1,8 @@
 """Named scales a chapter runs at, and the device it runs on.
 
-A scale is data: how much of each experiment to run. ``small`` fits a 2-core CPU in
-minutes; ``paper`` follows the paper's protocol and wants a GPU. The environment variable
+A scale is a name for how much of each experiment to run: ``small`` fits a 2-core CPU in
+minutes; ``paper`` follows the paper's protocol and wants a GPU. What each scale means for a
+chapter, in numbers, is that chapter's settings (`gradguess.settings`). The environment variable
 ``GRADGUESS_SCALE`` overrides the scale a chapter asks for (CI sets it to ``small``), and
 ``GRADGUESS_DEVICE`` the device.
 """
@@ -15,18 +16,11 @@ import torch
 class Scale:
     name: str
     description: str
-    train_size: int | None  # training examples used (None: the whole training set)
-    test_size: int | None
-    epochs: int
-    seeds: int  # independent replicates per configuration
-    trajectory_steps: int  # backprop steps along which guesses are scored
 
 
 SCALES = {
-    "small": Scale("small", "2-core CPU, minutes: subsets, few epochs, narrow MLPs",
-                   train_size=6000, test_size=2000, epochs=2, seeds=2, trajectory_steps=20),
-    "paper": Scale("paper", "the paper's protocol on a GPU: full data, (3|6) x (128|1024) MLPs",
-                   train_size=None, test_size=None, epochs=50, seeds=3, trajectory_steps=200),
+    "small": Scale("small", "2-core CPU, minutes: subsets, few epochs, narrow MLPs"),
+    "paper": Scale("paper", "the paper's protocol on a GPU: full data, (3|6) x (128|1024) MLPs"),
 }
 
 

@@ -6,21 +6,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm  # plain text bars: no widgets in executed notebooks
 
-from .estimators import (backprop_gradient, check_mode, estimate_gradient, get_method,
-                         guessed_gradient)
 from .data import FLIPPABLE, random_crop_flip
-from .fused import FUSED_METHODS, fused_gradient
+from .estimators import (backprop_gradient, check_mode, estimate_gradient, gradient_writer,
+                         guessed_gradient, resolve_estimator)
 from .metrics import (cosine_similarity, effective_rank, layer_cosines, one_step_effectiveness,
                       replicate_cosines)
+from .methods import get_method
 from .models import MLP, StackedMLP
 
 OPTIMIZERS = ("adamw", "sgd", "sgd_momentum", "stable_adamw")
-# reference: torch.func.jvp (every method); fused: one forward pass (`gradguess.fused`);
-# fused-lean: the fused estimator's memory-lean mode (a second forward pass); auto: fused
-# where it applies (the same update, tested), else reference.
-ESTIMATORS = ("auto", "reference", "fused", "fused-lean")
-
-
 def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0,
                    momentum: float = 0.9) -> torch.optim.Optimizer:
     """AdamW, SGD without and with (heavy-ball) momentum, or StableAdamW (torch-optimi)."""
@@ -54,28 +48,6 @@ def _batches(n: int, batch_size: int, generator: torch.Generator, device):
     order = torch.randperm(n, generator=generator).to(device)
     for i in range(0, n - batch_size + 1, batch_size):  # drop the ragged last batch
         yield order[i:i + batch_size]
-
-
-def resolve_estimator(estimator: str, model, method: str, mode: str, options: dict) -> str:
-    """The estimator a run uses: ``auto`` becomes ``fused`` where the fused estimator
-    applies (an MLP, the global mode, a method it runs, downstream with k = 1)."""
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
-    if estimator != "auto":
-        return estimator
-    fusable = (isinstance(model, (MLP, StackedMLP)) and mode == "global"
-               and method in FUSED_METHODS and options.get("k", 1) == 1)
-    return "fused" if fusable else "reference"
-
-
-def gradient_writer(method: str, mode: str, estimator: str):
-    """The function that writes a step's gradient into .grad, for the chosen estimator."""
-    if estimator == "reference" or method == "backprop":
-        return lambda model, x, y, rng, **o: estimate_gradient(model, x, y, method, mode, rng, **o)
-    if mode != "global":
-        raise ValueError(f"the fused estimators run the global mode only, not {mode!r}")
-    fused_mode = "keep" if estimator == "fused" else "regenerate"
-    return lambda model, x, y, rng, **o: fused_gradient(model, x, y, method, rng, fused_mode, **o)
 
 
 def _endless_batches(n: int, batch_size: int, generator: torch.Generator, device):
@@ -114,7 +86,7 @@ def train(model, data, method: str = "w_transpose", *, epochs: int, batch_size: 
     the epoch's steps), ``diverged``, ``diverged_at_step``, ``steps`` and ``seconds``.
     ``on_epoch(model) -> dict``, if given, is called before the first epoch and after each
     one; its values are appended to the history under its keys (e.g. `probe`'s scores).
-    ``estimator`` is one of `ESTIMATORS` (backprop ignores it); the history records the one
+    ``estimator`` is one of `estimators.ESTIMATORS` (backprop ignores it); the history records the one
     used. ``augment``: random crops (padding 4) and, for datasets in `data.FLIPPABLE`, mirror
     images of every training batch, drawn from their own seeded generator.
     """
@@ -231,12 +203,55 @@ def guess_quality_along_backprop(model, data, methods, *, steps: int, batch_size
 
 
 
-def train_mlp(data, *, depth: int, width: int, method: str, seed: int = 0, **options) -> dict:
+def train_mlp(data, *, depth: int, width: int, method: str, seed: int = 0,
+              probe_examples: int = 0, probe_method: str | None = None, probe_repeats: int = 1,
+              **options) -> dict:
     """One run of a grid: an MLP initialised from ``seed``, trained by `train` (no progress
-    bar). ``options`` are `train`'s keywords. Returns `train`'s JSON-serialisable history."""
+    bar). ``options`` are `train`'s keywords. Returns `train`'s JSON-serialisable history.
+
+    With ``probe_examples`` > 0 the run is probed before the first epoch and after each one
+    (`probe` on the first ``probe_examples`` training images, ``probe_repeats`` guesses of
+    ``probe_method``, default the run's own method, from a generator seeded ``seed + 1000``).
+    """
     torch.manual_seed(seed)
     model = MLP(data.in_features, width, depth, data.num_classes).to(data.train_x.device)
+    if probe_examples:
+        x, y = data.train_x[:probe_examples], data.train_y[:probe_examples]
+        rng = torch.Generator(device=data.train_x.device).manual_seed(seed + 1000)
+        options["on_epoch"] = lambda m: probe(m, x, y, probe_method or method, rng,
+                                              repeats=probe_repeats)
     return train(model, data, method, seed=seed, progress=False, **options)
+
+
+def train_mixer(data, *, method: str, local: bool, epochs: int, seed: int = 0,
+                augment: bool = False, optimizer: str = "adamw", lr: float = 1e-2,
+                batch_size: int = 128, **architecture) -> dict:
+    """One LocalMixer run (`gradguess.mixer.LocalMixer`, ``architecture`` its keywords: patch,
+    channels, blocks, groups, ...), initialised from ``seed`` and trained by `train`."""
+    from .mixer import LocalMixer
+
+    torch.manual_seed(seed)
+    model = LocalMixer(data.train_x.shape[1], data.num_classes, local=local, **architecture)
+    return train(model.to(data.train_x.device), data, method, epochs=epochs, optimizer=optimizer,
+                 lr=lr, batch_size=batch_size, seed=seed, augment=augment, progress=False)
+
+
+def train_singular_powers(data, *, powers, depth: int, width: int, steps: int, lr: float,
+                          batch_size: int = 128, seed: int = 0, record_every: int = 100,
+                          svd_every: int = 1) -> dict:
+    """Fig. 4: one `StackedMLP` replicate per entry of ``powers`` (repeat a p for several
+    replicates), each trained with W^T guesses whose singular values are raised to its p,
+    by `train_replicates`; the SVDs are refreshed every ``svd_every`` steps."""
+    from .guesses import powered_weights
+
+    powers = list(powers)
+    torch.manual_seed(seed)
+    model = StackedMLP(data.in_features, width, depth, data.num_classes, replicates=len(powers))
+    return train_replicates(model.to(data.train_x.device), data, "singular_power", steps=steps,
+                            batch_size=batch_size, lr=lr, seed=seed, record_every=record_every,
+                            method_options={"p": powers}, refresh_every=svd_every,
+                            refresh_options=lambda m: {"weights": powered_weights(m, powers)},
+                            progress=False)
 
 
 def train_replicates(model: StackedMLP, data, method: str = "w_transpose", *, steps: int,
@@ -259,8 +274,7 @@ def train_replicates(model: StackedMLP, data, method: str = "w_transpose", *, st
     ``effective_rank`` [layers][R], ``train_loss`` [R] (mean since the last record), and
     at the end ``train_acc``, ``test_acc`` [R], ``diverged`` [R], ``seconds``.
     """
-    get_method(method)
-    if get_method(method).space != "activations" and method != "backprop":
+    if get_method(method).space not in ("activations", "exact"):
         raise ValueError(f"train_replicates runs activation-space methods and backprop, "
                          f"not {method!r}")
     if optimizer == "stable_adamw":
@@ -332,6 +346,30 @@ def train_classifier(model, data, *, epochs: int, batch_size: int = 128, lr: flo
     return history
 
 
+def pretrain_vit(data, *, epochs: int, lr: float = 1e-3, seed: int = 0,
+                 **architecture) -> dict:
+    """A small torchvision ViT (`gradguess.prompts.small_vit`, ``architecture`` its keywords)
+    pre-trained from ``seed`` by `train_classifier`: its state dict, with the test accuracy
+    after each epoch under ``"test_acc"`` (a tensor)."""
+    from .prompts import small_vit  # torchvision, only here
+
+    torch.manual_seed(seed)
+    vit = small_vit(**architecture).to(data.train_x.device)
+    history = train_classifier(vit, data, epochs=epochs, lr=lr, seed=seed, progress=False)
+    return {**vit.state_dict(), "test_acc": torch.tensor(history["test_acc"])}
+
+
+def tune_prompts(backbone, data, method: str, *, prompts: int, seed: int = 0,
+                 **options) -> dict:
+    """One prompt-tuning run: ``prompts`` prompt tokens and a new head on the frozen
+    ``backbone``, initialised from ``seed`` and trained by `train_prompts` (``options``)."""
+    from .prompts import PromptedViT  # torchvision, only here
+
+    torch.manual_seed(seed)
+    model = PromptedViT(backbone, prompts, data.num_classes).to(data.train_x.device)
+    return train_prompts(model, data, method, seed=seed, progress=False, **options)
+
+
 def train_prompts(model, data, method: str, *, steps: int, eval_every: int,
                   batch_size: int = 64, lr: float = 1e-2, optimizer: str = "adamw",
                   seed: int = 0, cosine_repeats: int = 4, progress: bool = True) -> dict:
@@ -356,7 +394,8 @@ def train_prompts(model, data, method: str, *, steps: int, eval_every: int,
     def observe(step):
         history["step"].append(step)
         history["test_acc"].append(accuracy(model, data.test_x, data.test_y, batch_size=512))
-        history["cosine"].append(1.0 if method == "backprop" else 0.0 if method == "head_only" else
+        space = get_method(method).space  # backprop's cosine is 1, the baseline guesses nothing
+        history["cosine"].append(1.0 if space == "exact" else 0.0 if space == "none" else
                                  prompt_cosine(model, fixed_x, fixed_y, method, probe_rng,
                                                cosine_repeats))
 

@@ -1,0 +1,88 @@
+"""Table 1's statistics: a cell's mean ± std over seeds, the claimed pairwise orderings
+(T1-order), the gap to backprop by dataset (T1-gap).
+
+A cell is one dataset, architecture ``(depth, width)``, method and split (``"train"`` or
+``"test"``); its numbers are accuracies in percent. The orderings and gaps read cells through a
+function ``mean_of(name, arch, method, split)``, so the paper's Table 1 (`paper_mean`) and our
+runs go through the same code.
+"""
+import itertools
+
+import numpy as np
+import pandas as pd
+
+from .histories import final, seed_summary
+from .methods import get_method
+from .paper import TABLE1
+
+SPLITS = ("train", "test")
+PAPER_ARCHITECTURES = tuple(dict.fromkeys((depth, width) for depth, width, *_ in TABLE1))
+# T1-gap's order of the datasets, easiest first
+DIFFICULTY = ("mnist", "fashion-mnist", "svhn", "cifar10", "cifar100")
+
+
+def cell_stats(histories, split: str) -> tuple[float, float, int]:
+    """Mean and std (in %) of the final ``split`` accuracy over the runs (one per seed) that
+    did not diverge, and how many diverged."""
+    return seed_summary([100 * final(h, f"{split}_acc") for h in histories])
+
+
+def cell_text(mean: float, std: float, diverged: int = 0) -> str:
+    """``mean ± std``, with ``(k diverged)`` when some seeds diverged; ``diverged`` if all did."""
+    if np.isnan(mean):
+        return "diverged"
+    return f"{mean:.1f} ± {std:.1f}" + (f" ({diverged} diverged)" if diverged else "")
+
+
+def paper_mean(name: str, arch: tuple[int, int], method: str, split: str) -> float:
+    """The paper's Table 1 mean for a cell."""
+    return TABLE1[(*arch, method, split, name)][0]
+
+
+def paper_text(name: str, arch: tuple[int, int], method: str, split: str) -> str:
+    """The paper's Table 1 cell as it prints it, ``mean ± std``."""
+    return cell_text(*TABLE1[(*arch, method, split, name)])
+
+
+def as_table(text_of, archs, methods, names) -> pd.DataFrame:
+    """Table 1's layout: a column per split and dataset of ``names``, a row per architecture
+    and method, each entry ``text_of(name, arch, method, split)``."""
+    return pd.DataFrame(
+        {(split, name): {(f"D:{d}, W:{w}", get_method(m).label): text_of(name, (d, w), m, split)
+                         for d, w in archs for m in methods}
+         for split in SPLITS for name in names})
+
+
+def orderings(mean_of, archs, names, chain) -> list[bool]:
+    """The pairwise orderings of a claimed ``chain`` of tiers of methods (T1-order's is
+    ``[[DD], [AP], [mixing, W^T, downstream], [backprop]]``), each True where it holds: every
+    method of a tier below every method of the next, per dataset, architecture and split."""
+    checks = []
+    for name, arch, split in itertools.product(names, archs, SPLITS):
+        for lower, upper in zip(chain, chain[1:]):
+            checks += [mean_of(name, arch, low, split) < mean_of(name, arch, up, split)
+                       for low in lower for up in upper]
+    return checks
+
+
+def gaps(mean_of, archs, names, guessing, reference: str = "backprop") -> pd.DataFrame:
+    """T1-gap's gaps: the ``reference`` method's accuracy minus the mean of the ``guessing``
+    methods', averaged over ``archs``; a row per dataset of ``names``, a column per split."""
+    return pd.DataFrame(
+        {split: {name: np.mean([mean_of(name, a, reference, split)
+                                - np.mean([mean_of(name, a, m, split) for m in guessing])
+                                for a in archs])
+                 for name in names}
+         for split in SPLITS})
+
+
+def by_difficulty(names) -> list[str]:
+    """Those of ``names`` that T1-gap orders, easiest first."""
+    return [name for name in DIFFICULTY if name in names]
+
+
+def increasing(values) -> bool:
+    """Whether the values that are not NaN strictly increase (and there are at least two)."""
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    return len(values) >= 2 and bool(np.all(np.diff(values) > 0))

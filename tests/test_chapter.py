@@ -1,0 +1,77 @@
+"""The chapter runtime: settings per scale, data, cached runs, ledger and provenance."""
+import dataclasses
+import json
+
+import pytest
+
+from gradguess import chapter as runtime
+from gradguess.chapter import start
+from gradguess.scales import SCALES
+from gradguess.settings import SETTINGS, NoSettings, chapter_settings
+
+from conftest import blobs
+
+
+def constant_run(data, *, epochs: int):
+    return {"train_acc": [0.5] * epochs, "diverged": False}
+
+
+@pytest.fixture
+def blob_data(monkeypatch, tmp_path):
+    monkeypatch.setattr(runtime, "load_dataset", lambda name, device=None, download=False: blobs())
+    monkeypatch.delenv("GRADGUESS_SCALE", raising=False)
+    monkeypatch.setenv("GRADGUESS_CACHE", str(tmp_path / "runs"))
+
+
+def test_every_chapter_has_frozen_settings_at_every_scale():
+    for name, by_scale in SETTINGS.items():
+        assert set(by_scale) == set(SCALES), name
+        kinds = {type(s) for s in by_scale.values()}
+        assert len(kinds) == 1, f"{name}: one dataclass for all scales"
+        for settings in by_scale.values():
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                settings.__setattr__(dataclasses.fields(settings)[0].name, 0)
+    assert isinstance(chapter_settings("report", "small"), NoSettings)
+
+
+def test_start_reads_settings_data_and_runs_through_the_cache(blob_data, capsys):
+    chapter = start("bias", scale="small", device="cpu", dataset="blobs", seed=3)
+    assert chapter.settings is SETTINGS["bias"]["small"]
+    assert len(chapter.data.train_y) == 200  # blobs has fewer images than the settings ask for
+    assert "small scale on cpu; blobs" in capsys.readouterr().out
+    first = chapter.cached(constant_run, chapter.data, epochs=2)
+    again = chapter.cached(constant_run, chapter.data, epochs=2)
+    assert first == again
+    record = chapter.provenance()["provenance"]
+    assert record["runs computed / read from the cache"] == "1 / 1"
+    assert record["setting: max_guesses"] == str(chapter.settings.max_guesses)
+    assert record["setting: learning_rates"] == "0.1, 0.01, 0.001, 0.0001"
+    assert record["seed"] == 3 and "blobs (synthetic)" in record["dataset"]
+
+
+def test_the_environment_overrides_the_scale(monkeypatch):
+    monkeypatch.setenv("GRADGUESS_SCALE", "small")
+    chapter = start("architecture", scale="paper", device="cpu", load=False)
+    assert chapter.scale.name == "small" and chapter.settings is SETTINGS["architecture"]["small"]
+
+
+def test_the_ledger_is_published_where_the_execution_script_says(blob_data, tmp_path, monkeypatch,
+                                                                 capsys):
+    monkeypatch.setenv("GRADGUESS_LEDGER", str(tmp_path / "bias.ledger.json"))
+    chapter = start("bias", device="cpu", dataset="blobs")
+    chapter.record("A1-exp", paper="p", ours="o", rule="r", reproduced=True)
+    table = chapter.close()
+    assert table.loc["A1-exp", "verdict"] == "reproduced"
+    saved = json.loads((tmp_path / "bias.ledger.json").read_text())
+    assert saved["dataset"] == "blobs" and saved["claims"][0]["id"] == "A1-exp"
+    chapter.verdicts()
+    assert capsys.readouterr().out.strip().endswith("A1-exp: reproduced")
+
+
+def test_bad_parameters_fail_clearly():
+    with pytest.raises(ValueError, match="unknown scale 'huge'"):
+        start("bias", scale="huge", device="cpu", load=False)
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        start("bias", device="cpu", seed="0", load=False)
+    with pytest.raises(ValueError, match="unknown device"):
+        start("bias", device="tpu", load=False)

@@ -1,0 +1,90 @@
+"""Table 1's statistics, checked on the paper's own Table 1 and on cases countable by hand."""
+import math
+
+from gradguess import plotting
+from gradguess.paper import PAPER_DATASETS, TABLE1
+from gradguess.table1 import (PAPER_ARCHITECTURES, as_table, by_difficulty, cell_stats, cell_text,
+                              gaps, increasing, orderings, paper_mean, paper_text)
+
+PROPOSED = ["activation_mixing", "w_transpose", "downstream"]
+GUESSING = ["directional", "activation_perturbation", *PROPOSED]
+CLAIMED = [["directional"], ["activation_perturbation"], PROPOSED, ["backprop"]]  # T1-order
+
+
+def test_cell_stats_and_text_count_diverged_seeds():
+    runs = [{"train_acc": [0.5, 0.8], "test_acc": [0.7], "diverged": False},
+            {"train_acc": [0.6, 0.9], "test_acc": [0.8], "diverged": False},
+            {"train_acc": [0.99], "test_acc": [0.99], "diverged": True}]
+    mean, std, diverged = cell_stats(runs, "train")
+    assert (round(mean, 9), round(std, 9), diverged) == (85.0, 5.0, 1)
+    assert cell_text(mean, std, diverged) == "85.0 ± 5.0 (1 diverged)"
+    assert cell_text(*cell_stats(runs[:2], "test")) == "75.0 ± 5.0"
+    assert cell_text(*cell_stats(runs[2:], "test")) == "diverged"
+
+
+def test_paper_table_layout():
+    assert PAPER_ARCHITECTURES == ((3, 128), (6, 128), (3, 1024), (6, 1024))
+    methods = [*GUESSING, "backprop"]
+    table = as_table(paper_text, PAPER_ARCHITECTURES, methods, PAPER_DATASETS)
+    assert table.shape == (4 * 6, 2 * 4)
+    assert table["train", "cifar10"]["D:6, W:1024", plotting.label("activation_perturbation")] == "26.9 ± 1.6"
+    assert paper_mean("mnist", (3, 128), "backprop", "test") == TABLE1[3, 128, "backprop", "test", "mnist"][0]
+
+
+def test_orderings_on_one_paper_cell_by_hand():
+    # MNIST, 3x128, train: DD 92.3, AP 98.7, mixing 96.9, W^T 100.0, downstream 99.9, backprop 100.0
+    checks = orderings(paper_mean, [(3, 128)], ["mnist"], CLAIMED)[:7]
+    assert checks == [True,                 # DD < AP
+                      False, True, True,    # AP < mixing, W^T, downstream
+                      True, False, True]    # mixing, W^T (a tie), downstream < backprop
+
+
+def test_orderings_count_one_check_per_pair_of_neighbouring_tiers():
+    chain = [["a"], ["b", "c"], ["d"]]  # a < b, a < c, b < d, c < d
+    means = {"a": 1, "b": 3, "c": 2, "d": 2.5}
+    assert orderings(lambda n, arch, m, s: means[m], [(3, 64)], ["x"], chain) == [True, True, False, True] * 2
+    assert orderings(lambda n, arch, m, s: means[m], [(3, 64)], ["x"], [["a"]]) == []
+
+
+def test_orderings_count_seven_per_cell_and_follow_the_means():
+    rank = {m: k for k, m in enumerate([*GUESSING, "backprop"])}  # DD < AP < ... < backprop
+    up = orderings(lambda n, a, m, s: rank[m], [(3, 64), (6, 64)], ["a", "b", "c"], CLAIMED)
+    assert len(up) == 3 * 2 * 2 * 7 and all(up)
+    down = orderings(lambda n, a, m, s: -rank[m], [(3, 64)], ["a"], CLAIMED)
+    assert not any(down)
+
+
+def test_paper_table1_orderings():
+    checks = orderings(paper_mean, PAPER_ARCHITECTURES, PAPER_DATASETS, CLAIMED)
+    assert (len(checks), sum(checks)) == (224, 211)
+    assert f"{sum(checks) / len(checks):.2f}" == "0.94"  # what the chapter quotes
+    # DD < AP alone: it fails in 6 of the 32 cells, every one at width 1024
+    dd_ap = orderings(paper_mean, PAPER_ARCHITECTURES, PAPER_DATASETS, CLAIMED[:2])
+    assert (len(dd_ap), sum(dd_ap)) == (32, 26)
+    assert all(orderings(paper_mean, [(3, 128), (6, 128)], PAPER_DATASETS, CLAIMED[:2]))
+
+
+def test_gaps_by_hand():
+    means = {("x", (3, 64)): {"backprop": 90, "g1": 60, "g2": 70, "g3": 80},  # gap 20
+             ("x", (6, 64)): {"backprop": 80, "g1": 70, "g2": 70, "g3": 70}}  # gap 10
+    table = gaps(lambda n, a, m, s: means[n, a][m], [(3, 64), (6, 64)], ["x"], ["g1", "g2", "g3"])
+    assert list(table.columns) == ["train", "test"] and list(table.index) == ["x"]
+    assert table["train"]["x"] == 15 and table["test"]["x"] == 15
+    # MNIST, 3x128, test: 97.8 - mean(92.2, 96.9, 95.7, 97.5, 97.5) = 97.8 - 95.96
+    one = gaps(paper_mean, [(3, 128)], ["mnist"], GUESSING)
+    assert math.isclose(one["test"]["mnist"], 1.84, abs_tol=1e-9)
+
+
+def test_paper_gap_grows_for_train_not_for_test():
+    names = by_difficulty(PAPER_DATASETS)
+    assert names == ["mnist", "svhn", "cifar10", "cifar100"]
+    table = gaps(paper_mean, PAPER_ARCHITECTURES, names, GUESSING)
+    assert [f"{g:.1f}" for g in table["train"]] == ["3.0", "33.2", "53.0", "84.3"]
+    assert increasing(table["train"])
+    assert not increasing(table["test"])  # SVHN's test gap (18.5) exceeds CIFAR-10's (8.9)
+
+
+def test_increasing():
+    assert increasing([1, float("nan"), 2, 3])
+    assert not increasing([1, 1]) and not increasing([2, 1]) and not increasing([1])
+    assert not increasing([float("nan"), 1])

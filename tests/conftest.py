@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from gradguess.data import Dataset
+from gradguess.mixer import LocalMixer
 from gradguess.models import MLP, Trace
 
 
@@ -31,3 +32,15 @@ def blobs(n=400, dim=8, classes=3, seed=0):
     half = n // 2
     return Dataset("blobs", x[:half].view(half, 1, 1, dim), y[:half],
                    x[half:].view(n - half, 1, 1, dim), y[half:], classes, "synthetic")
+
+
+def tiny_mixer(local=True, seed=0, batch=5):
+    """A float64 LocalMixer: 8x8 two-channel images, 2x2 patches (16 tokens), 8 channels in 2
+    groups, 2 blocks; heads moved off zero so that gradients flow; a batch of ``batch``."""
+    torch.manual_seed(seed)
+    model = LocalMixer(2, 3, image_size=8, patch=2, channels=8, blocks=2, groups=2, local=local).double()
+    for head in model.layers[3::3]:
+        torch.nn.init.normal_(head.weight, std=0.5)
+    x = torch.randn(batch, 2, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 3, (batch,))
+    return model, x, y

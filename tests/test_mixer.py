@@ -11,20 +11,11 @@ from gradguess.metrics import cosine_similarity
 from gradguess.mixer import LocalMixer
 from gradguess.models import Trace
 
-
-def tiny(local=True, seed=0):
-    """8x8 two-channel images, 2x2 patches (16 tokens), 8 channels in 2 groups, 2 blocks."""
-    torch.manual_seed(seed)
-    model = LocalMixer(2, 3, image_size=8, patch=2, channels=8, blocks=2, groups=2, local=local).double()
-    for head in model.layers[3::3]:  # heads start at zero; move them so gradients flow
-        torch.nn.init.normal_(head.weight, std=0.5)
-    x = torch.randn(5, 2, 8, 8, dtype=torch.float64)
-    y = torch.randint(0, 3, (5,))
-    return model, x, y
+from conftest import tiny_mixer
 
 
 def test_shapes_and_trace():
-    model, x, y = tiny()
+    model, x, y = tiny_mixer()
     assert model(x).shape == (5, 3)
     trace = Trace()
     model(x, trace=trace)
@@ -39,7 +30,7 @@ def test_shapes_and_trace():
 
 
 def test_local_losses_train_only_their_own_block():
-    model, x, y = tiny(local=True)
+    model, x, y = tiny_mixer(local=True)
     _, grads = backprop_gradient(model, x, y)
     plain = LocalMixer(2, 3, image_size=8, patch=2, channels=8, blocks=2, groups=2, local=False).double()
     plain.load_state_dict(model.state_dict())  # nothing detached: the first head's loss, plainly
@@ -48,7 +39,7 @@ def test_local_losses_train_only_their_own_block():
     for g, o in zip(grads, own):  # parameters() lists the first block's first
         torch.testing.assert_close(g, o)
     # end to end: only the readout's loss, through every block
-    e2e, x2, y2 = tiny(local=False)
+    e2e, x2, y2 = tiny_mixer(local=False)
     _, grads = backprop_gradient(e2e, x2, y2)
     readout = torch.autograd.grad(F.cross_entropy(e2e(x2), y2), list(e2e.parameters()), allow_unused=True)
     for g, r in zip(grads, readout):
@@ -71,7 +62,7 @@ def linear_part(model, j, u):
 @pytest.mark.parametrize("j", [1, 2, 3, 5, 6])  # layer 4 (block 2's token layer) has no
 def test_pull_back_is_the_transpose_of_the_next_linear_map(j):  # predecessor: a detach
     """<pull_back(v), u> = <v, L_j u>: the adjoint, in the layouts the guesses use."""
-    model, x, y = tiny()
+    model, x, y = tiny_mixer()
     assert model.successor(j - 1) == j
     trace = Trace()
     model(x, trace=trace)
@@ -83,7 +74,7 @@ def test_pull_back_is_the_transpose_of_the_next_linear_map(j):  # predecessor: a
 
 
 def test_w_transpose_guesses_follow_the_architecture():
-    model, x, y = tiny()
+    model, x, y = tiny_mixer()
     trace = Trace()
     model(x, trace=trace)
     ys = guesses.w_transpose_guess(model, trace, torch.Generator().manual_seed(0))
@@ -101,7 +92,7 @@ def test_w_transpose_guesses_follow_the_architecture():
 def test_local_losses_split_the_block_losses():
     """Values: the heads' losses, slices zero; gradient: the local gradient; the slices'
     derivatives add up to the block losses' derivative."""
-    model, x, y = tiny()
+    model, x, y = tiny_mixer()
     heads, slices = model.local_losses(x, y)
     blocks = sum(F.cross_entropy(z, y, reduction="none") for z in model.head_logits(x))
     torch.testing.assert_close(heads, blocks)
@@ -118,7 +109,7 @@ def test_local_scale_collects_every_loss_a_unit_reaches():
     """With a one-hot tangent at unit e of s_i, local_scale(i, .) at e is the sum of the
     derivatives of the local losses e reaches; it must equal dloss/ds_e, so a slice left out
     (or a loss a unit cannot reach counted) fails. This is what keeps the guesses unbiased."""
-    model, x, y = tiny()
+    model, x, y = tiny_mixer()
     trace = Trace()
     model(x, trace=trace)
     _, true = per_example_gradients(model, x, y)
@@ -137,7 +128,7 @@ def test_local_scale_collects_every_loss_a_unit_reaches():
 
 
 def test_one_loss_per_block_scales_by_the_block_total():
-    model, x, y = tiny()
+    model, x, y = tiny_mixer()
     trace = Trace()
     model(x, trace=trace)
     d = torch.randn(5, 2 * 16 * 2, dtype=torch.float64)
@@ -150,7 +141,7 @@ def test_one_loss_per_block_scales_by_the_block_total():
 
 
 def test_heads_take_their_exact_local_gradient():
-    model, x, y = tiny()
+    model, x, y = tiny_mixer()
     _, true = backprop_gradient(model, x, y)
     guess = guessed_gradient(model, x, y, "activation_perturbation", "global", torch.Generator().manual_seed(0))
     names = [n for n, _ in model.named_parameters()]
@@ -161,7 +152,7 @@ def test_heads_take_their_exact_local_gradient():
 
 def test_activation_perturbation_averages_to_the_local_gradient():
     """Per-slice scaling keeps activation perturbation unbiased for the sum of local losses."""
-    model, x, y = tiny()
+    model, x, y = tiny_mixer()
     _, true = backprop_gradient(model, x[:1], y[:1])
     xs, ys = x[:1].repeat(6000, 1, 1, 1), y[:1].repeat(6000)
     average = guessed_gradient(model, xs, ys, "activation_perturbation", "global",

@@ -3,23 +3,14 @@ names of the layers, the three ways of scaling a guess, and the model left as it
 import pytest
 import torch
 
-from gradguess.mixer import JVP_WAYS, LocalMixer, layer_names, local_guess_cosines
+from gradguess.mixer import JVP_WAYS, layer_names, local_guess_cosines
 from gradguess.training import probe
 
-
-def tiny(seed=0):
-    """8x8 two-channel images, 2x2 patches (16 tokens), 8 channels in 2 groups, 2 blocks."""
-    torch.manual_seed(seed)
-    model = LocalMixer(2, 3, image_size=8, patch=2, channels=8, blocks=2, groups=2).double()
-    for head in model.layers[3::3]:  # heads start at zero; move them so gradients flow
-        torch.nn.init.normal_(head.weight, std=0.5)
-    x = torch.randn(6, 2, 8, 8, dtype=torch.float64)
-    y = torch.randint(0, 3, (6,))
-    return model, x, y
+from conftest import tiny_mixer
 
 
 def test_layer_names():
-    model, _, _ = tiny()
+    model, _, _ = tiny_mixer(batch=6)
     assert layer_names(model) == ["embed 1", "token 1", "channel 1", "head 1",
                                   "token 2", "channel 2", "head 2"]
 
@@ -31,7 +22,7 @@ def test_ways():
 
 @pytest.mark.parametrize("way", list(JVP_WAYS))
 def test_cosines_are_probe_under_that_way(way):
-    model, x, y = tiny()
+    model, x, y = tiny_mixer(batch=6)
     options = JVP_WAYS[way]
     scores = local_guess_cosines(model, x, y, "w_transpose", **options, repeats=3, seed=5)
     assert list(scores) == layer_names(model)
@@ -44,7 +35,7 @@ def test_cosines_are_probe_under_that_way(way):
 
 
 def test_backprop_is_exact_and_ways_differ():
-    model, x, y = tiny()
+    model, x, y = tiny_mixer(batch=6)
     exact = local_guess_cosines(model, x, y, "backprop", repeats=1)
     assert all(c == pytest.approx(1.0) for c in exact.values())
     sliced = local_guess_cosines(model, x, y, "activation_perturbation", repeats=4, seed=1)
@@ -54,7 +45,7 @@ def test_backprop_is_exact_and_ways_differ():
 
 
 def test_split_losses_restored_on_error():
-    model, x, y = tiny()
+    model, x, y = tiny_mixer(batch=6)
     with pytest.raises(ValueError):
         local_guess_cosines(model, x, y, "no_such_method", split_losses=False)
     assert model.split_losses is True

@@ -69,3 +69,4 @@ demo: setup
 
 bench: setup
 	$(PY) benchmarks/step_time.py
+	$(PY) benchmarks/grid_throughput.py

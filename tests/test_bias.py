@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 import torch
 
+from gradguess import bias
 from gradguess.bias import (COSINE, ERROR, RELATIVE, averaged_cosines, covariance_step,
                             expectation_check, guess_samples, mean_guess_cosine, mean_step,
                             signal_to_noise, signal_to_noise_growth, step_standard_error, toy_bias,
                             w_transpose_expected_step)
-from gradguess.estimators import backprop_gradient, guessed_gradient, per_example_gradients
+from gradguess.estimators import (backprop_gradient, guessed_gradient, per_example_gradients,
+                                  preactivation_jvp)
 from gradguess.methods import METHODS
 from gradguess.metrics import cosine_similarity
 
@@ -149,3 +151,28 @@ def test_bad_input_fails_clearly(net):
         expectation_check(ys[:, :3], g, expected=g)
     with pytest.raises(ValueError, match="no decade"):
         signal_to_noise_growth([0.1, 0.2])
+
+
+@pytest.mark.parametrize("method", ["directional", "activation_mixing"])
+def test_batched_averages_equal_a_loop_of_guesses(net, monkeypatch, method):
+    """averaged_cosines takes its JVPs in batches (directional descent: vmapped chunks, here of
+    7 directions; mixing: one JVP over copies of the example); a loop of one guess and one JVP
+    at a time, summing the weight steps themselves, gives the same curve."""
+    model, x, y = net
+    n, generator, total, want = 40, rng(8), None, []
+    monkeypatch.setattr(bias, "_CHUNK_NUMBERS", 7 * sum(p.numel() for p in model.parameters()))
+    _, true = backprop_gradient(model, x[:1], y[:1])
+    inputs = traced(model, x[:1]).inputs
+    for _ in range(n):
+        if method == "directional":
+            step = guessed_gradient(model, x[:1], y[:1], method, generator=generator)
+        else:  # the first example's guess drawn within the batch, its JVP over the batch
+            guess = METHODS[method].guess(model, traced(model, x), generator)
+            derivative = preactivation_jvp(model, x, y, guess)[0]
+            step = [s for t, xi in zip(guess, inputs)
+                    for s in (torch.outer(derivative * t[0], xi[0]), derivative * t[0])]
+        total = step if total is None else [a + b for a, b in zip(total, step)]
+        want.append(cosine_similarity(total, true))
+    got = averaged_cosines(model, x, y, method, n, rng(8),
+                           within_batch=method == "activation_mixing")
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)

@@ -7,6 +7,7 @@ import nbformat
 import pytest
 
 from gradguess.ledger import CLAIM_IDS, VERDICTS, Ledger
+from gradguess.scales import SCALES
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ROOT / "book" / "chapters"
@@ -54,7 +55,7 @@ def test_committed_execution_is_of_the_current_source(name):
 @pytest.mark.parametrize("name", CHAPTERS)
 def test_committed_execution_ran_cleanly_and_records_provenance(name):
     notebook = nbformat.read(EXECUTED / f"{name}.ipynb", as_version=4)
-    assert notebook.metadata["papermill"]["parameters"]["scale"] in ("small", "paper")
+    assert notebook.metadata["papermill"]["parameters"]["scale"] in SCALES
     errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
     last = [c for c in notebook.cells if c.cell_type == "code"][-1]

@@ -8,9 +8,9 @@ from gradguess.estimators import (backprop_gradient, estimate_gradient, guessed_
                                   per_example_gradients, preactivation_jvp, weight_jvp)
 from gradguess.methods import METHODS
 from gradguess.metrics import cosine_similarity
-from gradguess.models import MLP, linear_site
+from gradguess.models import MLP, linear_site, write_linear_grad
 
-from conftest import traced
+from conftest import tiny_mixer, traced
 
 ACTIVATION_METHODS = [m for m, spec in METHODS.items() if spec.space == "activations"]
 ESTIMATED = [m for m, spec in METHODS.items() if spec.space != "none"]  # all but a baseline
@@ -285,3 +285,72 @@ def test_updates_carry_no_autograd_graph(net):
         estimate_gradient(model, x, y, method, "global", torch.Generator().manual_seed(0),
                           **OPTIONS.get(method, {}))
         assert not any(p.grad.requires_grad for p in model.parameters()), method
+
+
+def per_layer_loop(model, x, y, method, seed, **options):
+    """The per-layer mode as a Python loop of one JVP per layer (what the batched JVP
+    replaced): the .grad it would write, in ``model.parameters()`` order."""
+    spec = METHODS[method]
+    trace = traced(model, x)
+    if spec.needs_targets:
+        options["targets"] = y
+    with torch.no_grad():
+        ys = spec.guess(model, trace, torch.Generator().manual_seed(seed), **options)
+    ys, zs = ys if isinstance(ys, tuple) else (ys, ys)
+    exact = (model.exact_preactivation_grads(trace, y)
+             if hasattr(model, "exact_preactivation_grads") else {})
+    if spec.exact_last:
+        exact[len(ys) - 1] = zs[-1]
+    local = getattr(model, "local", False)
+    slices = lambda model, x, targets, deltas: model.local_losses(x, targets, deltas)[1]
+    for i, layer in enumerate(model.layers):
+        if i in exact:
+            grad_s = exact[i]
+        else:
+            only_i = [t if j == i else None for j, t in enumerate(ys)]
+            if local:
+                scale = model.local_scale(i, preactivation_jvp(model, x, y, only_i, losses=slices))
+            else:
+                d = preactivation_jvp(model, x, y, only_i)
+                scale = d.view(-1, *[1] * (zs[i].dim() - 1))
+            grad_s = scale * zs[i]
+        write_linear_grad(layer, trace.inputs[i], grad_s / len(x))
+    return [p.grad.clone() for p in model.parameters()]
+
+
+# w_transpose_debiased reads an MLP's 2-d weights: it guesses for MLPs only
+MIXER_METHODS = [m for m in ACTIVATION_METHODS if m != "w_transpose_debiased"]
+
+
+@pytest.mark.parametrize("model_name, method", [("mlp", m) for m in ACTIVATION_METHODS]
+                         + [("local mixer", m) for m in MIXER_METHODS])
+def test_batched_per_layer_mode_equals_a_loop_of_jvps(net, model_name, method):
+    """The per-layer mode's one batched JVP gives each layer's derivative alone, as a loop of
+    one JVP per layer does (a LocalMixer: one derivative per local loss, per layer)."""
+    model, x, y = net if model_name == "mlp" else tiny_mixer(local=True)
+    options = OPTIONS.get(method, {})
+    got = guessed_gradient(model, x, y, method, "per_layer", torch.Generator().manual_seed(4),
+                           **options)
+    want = per_layer_loop(model, x, y, method, seed=4, **options)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["directional", "matched_cosine"])
+def test_batched_per_layer_weight_jvps_equal_a_loop(net, method):
+    """Directional descent per layer: one batched JVP over the layers' directions, drawn in the
+    same order, gives what one JVP per layer gives."""
+    model, x, y = net
+    got = guessed_gradient(model, x, y, method, "per_layer", torch.Generator().manual_seed(6))
+    generator, want = torch.Generator().manual_seed(6), []
+    _, true = backprop_gradient(model, x, y)
+    names = [n for n, _ in model.named_parameters()]
+    for k, layer in enumerate(model.layers):  # weight and bias of layer k: params 2k, 2k + 1
+        params = [p.detach() for p in layer.parameters()]
+        extra = {"true_grads": true[2 * k:2 * k + 2]} if method == "matched_cosine" else {}
+        direction = METHODS[method].guess(params, generator, **extra)
+        d = weight_jvp(model, x, y, dict(zip(names[2 * k:2 * k + 2], direction)))
+        want += [d * v for v in direction]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-10)

@@ -141,3 +141,39 @@ def test_matched_cosine_guess_has_the_requested_cosine(net, cosine):
     assert abs(abs(cosine_similarity(guess, true)) - abs(cosine)) < 1e-9
     with pytest.raises(ValueError, match="cosine"):
         guesses.matched_cosine_guess(params, None, true, 1.5)
+
+
+def debiased_by_pinv(model, trace, seed):
+    """The de-biased W^T guess as first written: z = (A^+)^T eps by an SVD, A = D W^T."""
+    generator, pre = torch.Generator().manual_seed(seed), trace.preactivations
+    tangents, updates = [], []
+    for i in range(len(pre) - 1):
+        eps = torch.randn(pre[i + 1].shape, generator=generator, dtype=pre[i].dtype)
+        a = guesses.relu_mask(pre[i]).unsqueeze(-1) * model.layers[i + 1].weight.T
+        tangents.append((a @ eps.unsqueeze(-1)).squeeze(-1))
+        updates.append((torch.linalg.pinv(a).transpose(-1, -2) @ eps.unsqueeze(-1)).squeeze(-1))
+    last = torch.randn(pre[-1].shape, generator=generator, dtype=pre[-1].dtype)
+    return tangents + [last], updates + [last]
+
+
+@pytest.mark.parametrize("rank_deficient_w", [False, True])
+def test_debiased_w_transpose_by_cholesky_equals_pinv(net, rank_deficient_w):
+    """The Cholesky solves give pinv's update directions: where A = D W^T has full column rank
+    (the last hidden layer: more active units than its 5 outputs), where it has too few
+    active units (the 16 -> 16 layers), and, with two equal rows in every W, where A is
+    rank deficient beyond that and pinv takes over."""
+    model, x, _ = net
+    x = torch.cat([x, 0.3 * x])  # 12 examples
+    if rank_deficient_w:
+        with torch.no_grad():
+            for layer in model.layers[1:]:
+                layer.weight[1] = layer.weight[0]
+    trace = traced(model, x)
+    active = [guesses.relu_mask(s).sum(-1) for s in trace.preactivations[:-1]]
+    assert (active[2] >= 5).all()  # layer 2's A is [16, 5]: full column rank
+    assert (active[0] < 16).all() and (active[1] < 16).all()  # too few active units for 16
+    with torch.no_grad():
+        ys, zs = guesses.debiased_w_transpose_guess(model, trace, torch.Generator().manual_seed(3))
+    want_ys, want_zs = debiased_by_pinv(model, trace, seed=3)
+    for got, want in zip(ys + zs, want_ys + want_zs):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-8)

@@ -19,14 +19,14 @@ class Toy:
 
 
 def test_scales_table_has_a_row_per_chapter_and_setting_and_a_column_per_scale():
-    toy = {"toy": {"small": Toy(100, (8, 16)), "paper": Toy(None, (8, 16, 32))},
+    toy = {"toy": {"small": Toy(100, (8, 16)), "gpu": Toy(None, (8, 16)), "paper": Toy(None, (8, 16, 32))},
            "small_only": {"small": Toy(5, (4,))}}
     table = scales_table(toy, SCALES)
     assert list(table.columns) == list(SCALES)
     assert table.loc[("", "description"), "small"] == SCALES["small"].description
-    assert table.loc[("toy", "train_size")].to_dict() == {"small": "100", "paper": "all"}
+    assert table.loc[("toy", "train_size")].to_dict() == {"small": "100", "gpu": "all", "paper": "all"}
     assert table.loc[("toy", "widths"), "paper"] == "8, 16, 32"
-    assert table.loc[("toy", "lr")].to_dict() == {"small": "0.001", "paper": "0.001"}
+    assert table.loc[("toy", "lr")].to_dict() == {"small": "0.001", "gpu": "0.001", "paper": "0.001"}
     assert table.loc[("small_only", "lr"), "paper"] == "–"
     varying = scales_table(toy, SCALES, varying_only=True)
     assert ("toy", "lr") not in varying.index and ("toy", "train_size") in varying.index

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .estimators import (backprop_gradient, guessed_gradient, per_example_gradients,
-                         preactivation_jvp)
+                         preactivation_jvp, weight_jvp)
 from .methods import get_method
 from .metrics import cosine_similarity
 from .models import Trace
@@ -24,6 +24,7 @@ ERROR = "Monte Carlo error / |Cov(y)g|"
 COSINE = "cos(Cov(y)g, g)"
 
 _MIXING_CHUNK = 256  # mixing's guesses are drawn this many at a time
+_CHUNK_NUMBERS = 2 ** 22  # directional descent: directions batched in one JVP, in numbers
 
 
 def _activation_method(method: str):
@@ -51,6 +52,17 @@ def _tangents(guess):
     return guess[0] if isinstance(guess, tuple) else guess
 
 
+def _first_example_guesses(model, inputs, spec, n, generator, options) -> list[Tensor]:
+    """n guesses of every layer for the first example of ``inputs``, each drawn within the
+    whole batch: ``[n, d_i]`` per layer. A guess that mixes the batch is drawn for the whole
+    batch, so one guess call each, in the generator's order; only the first row is kept."""
+    trace, draws = _trace(model, inputs), []
+    for _ in range(n):
+        guess = _tangents(spec.guess(model, trace, generator, **options))
+        draws.append([t[0].clone() for t in guess])  # a copy: a view would keep all B rows
+    return [torch.stack(layer) for layer in zip(*draws)]
+
+
 @torch.no_grad()
 def guess_samples(model, inputs: Tensor, method: str, n: int, generator: torch.Generator, *,
                   layer: int = 0, within_batch: bool = False, **options) -> Tensor:
@@ -63,12 +75,9 @@ def guess_samples(model, inputs: Tensor, method: str, n: int, generator: torch.G
     """
     spec = _activation_method(method)
     _check_count(n)
-    if within_batch:
-        trace, out = _trace(model, inputs), []
-        while sum(len(o) for o in out) < n:
-            out.append(torch.stack([_tangents(spec.guess(model, trace, generator, **options))[layer][0]
-                                    for _ in range(_MIXING_CHUNK)]))
-        return torch.cat(out)[:n]
+    if within_batch:  # whole chunks of 256 are drawn, as ever: the generator ends where it did
+        drawn = -(-n // _MIXING_CHUNK) * _MIXING_CHUNK
+        return _first_example_guesses(model, inputs, spec, drawn, generator, options)[layer][:n]
     trace = _trace(model, inputs[:1].repeat(n, *[1] * (inputs.dim() - 1)))
     return _tangents(spec.guess(model, trace, generator, **options))[layer]
 
@@ -134,29 +143,43 @@ def toy_bias(g: Tensor, n: int, generator: torch.Generator, ks=(1, 2, 3)) -> dic
 
 
 def _weight_space_cosines(model, x, y, method, n, generator, options) -> np.ndarray:
+    """cos(sum of the first K steps (g.v) v, true gradient g) for K = 1..n (global mode).
+
+    The directions v are drawn one guess after another, as n calls of `guessed_gradient`
+    would draw them; their JVPs g.v run a chunk at a time, vmapped (`weight_jvp`)."""
+    spec = get_method(method)
     _, true = backprop_gradient(model, x, y)
-    total, out = [torch.zeros_like(t) for t in true], []
-    for _ in range(n):
-        for acc, step in zip(total, guessed_gradient(model, x, y, method, generator=generator, **options)):
-            acc += step
-        out.append(cosine_similarity(total, true))
-    return np.array(out)
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    params = [p.detach() for p in model.parameters() if p.requires_grad]
+    extra = {"true_grads": true} if spec.needs_true_gradient else {}
+    g = torch.cat([t.flatten() for t in true]).double()
+    total, out, done = torch.zeros_like(g), [], 0
+    while done < n:
+        size = min(n - done, max(1, _CHUNK_NUMBERS // g.numel()))
+        directions = [spec.guess(params, generator, **options, **extra) for _ in range(size)]
+        stacks = [torch.stack(d) for d in zip(*directions)]  # per parameter: [size, *shape]
+        derivative = weight_jvp(model, x, y, dict(zip(names, stacks)), batched=True)
+        steps = derivative[:, None] * torch.cat([v.flatten(1) for v in stacks], 1)
+        running = total + torch.cumsum(steps, 0, dtype=torch.float64)  # sums of the first K steps
+        out.append(running @ g / (running.norm(dim=1) * g.norm()))
+        total, done = running[-1], done + size
+    return torch.cat(out).cpu().numpy()
 
 
 def _preactivation_steps(model, inputs, targets, spec, n, generator, within_batch,
                          options) -> list[Tensor]:
-    """n guessed steps (g.y) y_i at every layer for the first example: ``[n, d_i]`` each."""
-    if not within_batch:
-        xs, ys = inputs[:1].repeat(n, *[1] * (inputs.dim() - 1)), targets[:1].repeat(n)
+    """n guessed steps (g.y) y_i at every layer for the first example: ``[n, d_i]`` each.
+
+    One JVP over n copies of that example gives every g.y: its loss depends on its own
+    pre-activations only, so a guess drawn within the batch (``within_batch``) has the same
+    g.y on a copy as in the batch."""
+    xs, ys = inputs[:1].repeat(n, *[1] * (inputs.dim() - 1)), targets[:1].repeat(n)
+    if within_batch:
+        guesses = _first_example_guesses(model, inputs, spec, n, generator, options)
+    else:
         guesses = _tangents(spec.guess(model, _trace(model, xs), generator, **options))
-        jvp = preactivation_jvp(model, xs, ys, guesses)
-        return [jvp[:, None] * t for t in guesses]
-    trace, steps = _trace(model, inputs), []
-    for _ in range(n):
-        guesses = _tangents(spec.guess(model, trace, generator, **options))
-        jvp = preactivation_jvp(model, inputs, targets, guesses)[0]
-        steps.append([jvp * t[0] for t in guesses])
-    return [torch.stack([s[i] for s in steps]) for i in range(len(model.layers))]
+    jvp = preactivation_jvp(model, xs, ys, guesses)
+    return [jvp[:, None] * t for t in guesses]
 
 
 @torch.no_grad()

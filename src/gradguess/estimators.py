@@ -12,10 +12,13 @@ Two modes for activation-space guesses:
   are consistent with this). A model trained by many local losses (``model.local_losses``,
   `gradguess.mixer.LocalMixer`) gets every local loss's own derivative from the same JVP,
   and scales each part of a guess by the derivatives of the losses it reaches;
-- ``per_layer``: one JVP per layer; layer i's guess is scaled by its own g_i.y_i.
+- ``per_layer``: layer i's guess is scaled by its own g_i.y_i. All layers' derivatives come
+  from one batched JVP (`torch.func.vmap` over L tangent sets, set i holding layer i's guess
+  and zeros elsewhere): the cost of L JVPs without a Python loop of them, at L times the
+  memory of the tangents.
 
 Weight-space guesses (directional descent) take one JVP per batch, over all weights in
-``global`` mode and one per layer's weights in ``per_layer`` mode.
+``global`` mode and, batched the same way, one per layer's weights in ``per_layer`` mode.
 """
 import torch
 import torch.nn.functional as F
@@ -50,14 +53,38 @@ def batch_loss(model, x: Tensor, targets: Tensor) -> Tensor:
     return per_example_loss(model, x, targets).mean(-1)
 
 
+def _jvp(function, primals: tuple, tangents: tuple, batched: bool) -> Tensor:
+    """The JVP of ``function`` at ``primals`` along ``tangents``; ``batched``: each tangent
+    carries a leading dimension of G tangent sets, and the G JVPs run as one, vmapped (the
+    primal computation is shared, the tangent computation batched)."""
+    jvp = lambda *t: torch.func.jvp(function, primals, t)[1]
+    with torch.no_grad():
+        return (torch.func.vmap(jvp) if batched else jvp)(*tangents)
+
+
+def each_alone(groups: list[list[Tensor]]) -> list[Tensor]:
+    """G tangent sets in which set g holds group g's tensors and zeros in place of every other
+    group's: one stack [G, *t.shape] per tensor, in order. A batched JVP along them gives
+    each group's directional derivative alone (the per-layer mode)."""
+    stacks = []
+    for g, group in enumerate(groups):
+        for t in group:
+            stack = t.new_zeros(len(groups), *t.shape)
+            stack[g] = t
+            stacks.append(stack)
+    return stacks
+
+
 def preactivation_jvp(model, x: Tensor, targets: Tensor, tangents: list,
-                      losses=per_example_loss) -> Tensor:
+                      losses=per_example_loss, batched: bool = False) -> Tensor:
     """Per-example directional derivatives sum_i dloss_b/ds_i[b] . y_i[b], by one JVP.
 
     ``tangents[i]`` is y_i (shaped like s_i) or None for a layer left unperturbed. Each
     example's loss depends only on its own pre-activations, so one JVP of the vector of
     per-example losses gives all B directional derivatives at once. ``losses(model, x,
     targets, perturbations)`` may return more than one loss per example (local losses).
+    ``batched``: every y_i has a leading dimension of G tangent sets ([G, *s_i.shape]) and
+    the result one too ([G, B, ...]).
     """
     perturbed = [i for i, t in enumerate(tangents) if t is not None]
 
@@ -67,14 +94,14 @@ def preactivation_jvp(model, x: Tensor, targets: Tensor, tangents: list,
             perturbations[i] = delta
         return losses(model, x, targets, perturbations)
 
-    primals = tuple(torch.zeros_like(tangents[i]) for i in perturbed)
-    with torch.no_grad():
-        _, derivative = torch.func.jvp(loss_of, primals, tuple(tangents[i] for i in perturbed))
-    return derivative
+    primals = tuple(torch.zeros_like(tangents[i][0] if batched else tangents[i]) for i in perturbed)
+    return _jvp(loss_of, primals, tuple(tangents[i] for i in perturbed), batched)
 
 
-def weight_jvp(model, x: Tensor, targets: Tensor, tangents: dict[str, Tensor]) -> Tensor:
-    """Directional derivative of the batch-mean loss along a weight direction: one JVP."""
+def weight_jvp(model, x: Tensor, targets: Tensor, tangents: dict[str, Tensor],
+               batched: bool = False) -> Tensor:
+    """Directional derivative of the batch-mean loss along a weight direction: one JVP.
+    ``batched``: every tangent has a leading dimension of G directions, the result is [G]."""
     if getattr(model, "replicates", None) is not None:
         raise ValueError("weight-space guesses (directional descent) take one JVP over all "
                          "weights; they are not implemented for stacked replicates: train "
@@ -86,10 +113,8 @@ def weight_jvp(model, x: Tensor, targets: Tensor, tangents: dict[str, Tensor]) -
         logits = torch.func.functional_call(model, dict(zip(names, weights)), (x,))
         return F.cross_entropy(logits, targets)
 
-    with torch.no_grad():
-        _, derivative = torch.func.jvp(loss_of, tuple(params[n].detach() for n in names),
-                                       tuple(tangents[n] for n in names))
-    return derivative
+    return _jvp(loss_of, tuple(params[n].detach() for n in names),
+                tuple(tangents[n] for n in names), batched)
 
 
 def backprop_gradient(model, x: Tensor, targets: Tensor) -> tuple[Tensor, list[Tensor]]:
@@ -142,16 +167,20 @@ def _activation_space_step(model, x, targets, method, mode, generator, options) 
         exact[n - 1] = zs[n - 1]
     perturbed = [i for i in range(n) if i not in exact]
     local = getattr(model, "local", False) and hasattr(model, "local_losses")
-    scales = {}
-    # global: one JVP for every perturbed layer; per layer: one JVP each
-    for group in ([perturbed] if mode == "global" and perturbed else [[i] for i in perturbed]):
-        tangents = [ys[i] if i in group else None for i in range(n)]
-        if local:  # a derivative per local loss; each part of a guess scaled by its own
-            derivatives = preactivation_jvp(model, x, targets, tangents, losses=_local_slices)
-            scales.update({i: model.local_scale(i, derivatives) for i in group})
-        else:  # a derivative per example
-            derivative = preactivation_jvp(model, x, targets, tangents)
-            scales.update({i: _per_example(derivative, zs[i]) for i in group})
+    # a derivative per local loss (each part of a guess scaled by its own), else per example
+    losses = _local_slices if local else per_example_loss
+    derivatives = {}
+    if perturbed and mode == "global":  # one JVP along every perturbed layer at once
+        tangents = [ys[i] if i in perturbed else None for i in range(n)]
+        derivative = preactivation_jvp(model, x, targets, tangents, losses)
+        derivatives = dict.fromkeys(perturbed, derivative)
+    elif perturbed:  # per layer: one batched JVP, set g perturbing layer perturbed[g] alone
+        stacks = dict(zip(perturbed, each_alone([[ys[i]] for i in perturbed])))
+        tangents = [stacks.get(i) for i in range(n)]
+        derivatives = dict(zip(perturbed, preactivation_jvp(model, x, targets, tangents, losses,
+                                                            batched=True)))
+    scales = {i: model.local_scale(i, d) if local else _per_example(d, zs[i])
+              for i, d in derivatives.items()}
     batch = targets.shape[-1]  # the loss is a batch mean: dL/ds_i[b] = dloss_b/ds_i[b] / B
     for i, layer in enumerate(model.layers):
         grad_s = exact[i] if i in exact else scales[i] * zs[i]
@@ -174,11 +203,17 @@ def _weight_space_step(model, x, targets, method, mode, generator, options) -> T
     else:
         with torch.no_grad():
             loss = F.cross_entropy(model(x), targets)
+    directions = []  # drawn group after group, in the order of the generator
     for names in groups:
         params = [named[n].detach() for n in names]
         extra = {"true_grads": [true[n] for n in names]} if true is not None else {}
-        direction = method.guess(params, generator, **options, **extra)
-        derivative = weight_jvp(model, x, targets, dict(zip(names, direction)))
+        directions.append(method.guess(params, generator, **options, **extra))
+    if mode == "global":
+        derivatives = [weight_jvp(model, x, targets, dict(zip(groups[0], directions[0])))]
+    else:  # one batched JVP, direction set g moving layer g's weights alone
+        stacks = dict(zip([n for names in groups for n in names], each_alone(directions)))
+        derivatives = weight_jvp(model, x, targets, stacks, batched=True)
+    for names, direction, derivative in zip(groups, directions, derivatives):
         for n, v in zip(names, direction):
             named[n].grad = derivative * v
     return loss

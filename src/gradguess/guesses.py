@@ -30,8 +30,22 @@ def relu_mask(s: Tensor) -> Tensor:
     return (s > 0).to(s.dtype)
 
 
+class ReplicateGenerators(tuple):
+    """One generator per stacked replicate (`gradguess.grid`): a draw for a ``[R, ...]``
+    tensor takes replicate r's slice from generator r, so that replicate r sees exactly the
+    guesses a run of its own, drawing from that generator, would see."""
+
+
+def _random(sample, shape, generator, like: Tensor) -> Tensor:
+    """``sample`` (torch.randn or torch.rand) of ``shape``, per replicate for `ReplicateGenerators`."""
+    if isinstance(generator, ReplicateGenerators):
+        return torch.stack([sample(shape[1:], generator=g, device=like.device, dtype=like.dtype)
+                            for g in generator])
+    return sample(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
 def _normal_like(t: Tensor, generator) -> Tensor:
-    return torch.randn(t.shape, generator=generator, device=t.device, dtype=t.dtype)
+    return _random(torch.randn, t.shape, generator, t)
 
 
 def _pulled_back_noise(model, pre, i: int, noise, k: int, through_nonlinearity: bool,
@@ -91,19 +105,17 @@ def activation_mixing_at(model, pre, i, generator) -> Tensor:
     if successor(model, i) is None:
         return _normal_like(s, generator)
     acts, mask = activation(model, i, s), ~inactive(model, i, s)
-    if getattr(model, "replicates", None) is not None:  # stacked [R, B, ...]: mix per replicate
-        return torch.stack([_mix(a, m, generator) for a, m in zip(acts, mask)])
-    return _mix(acts, mask, generator)
-
-
-def _mix(acts: Tensor, mask: Tensor, generator) -> Tensor:
-    s = acts
-    batch = s.shape[0]
-    alpha = torch.randn((batch, batch), generator=generator, device=s.device, dtype=s.dtype)
-    mixed = torch.einsum("bc,c...->b...", alpha, acts) * mask
-    norm = mixed.flatten(1).norm(dim=1).clamp_min(1e-12)
-    scale = math.sqrt(s[0].numel()) / norm
-    return mixed * scale.view(-1, *([1] * (s.dim() - 1)))
+    lead = 1 if getattr(model, "replicates", None) is not None else 0  # stacked: [R, B, ...]
+    batch = s.shape[lead]
+    if lead and not isinstance(generator, ReplicateGenerators):  # one generator, replicate by replicate
+        alpha = torch.stack([torch.randn((batch, batch), generator=generator, device=s.device,
+                                         dtype=s.dtype) for _ in range(s.shape[0])])
+    else:
+        alpha = _random(torch.randn, (*s.shape[:lead], batch, batch), generator, s)
+    mixed = (alpha @ acts.flatten(lead + 1)).view_as(acts) * mask  # sum_c alpha[b, c] x[c]
+    norm = mixed.flatten(lead + 1).norm(dim=-1).clamp_min(1e-12)
+    scale = math.sqrt(s[(0,) * (lead + 1)].numel()) / norm
+    return mixed * scale.view(*scale.shape, *([1] * (s.dim() - lead - 1)))
 
 
 def w_transpose_at(model, pre, i, generator, weights=None) -> Tensor:
@@ -151,8 +163,7 @@ def self_sharpening_at(model, pre, i, generator, targets: Tensor, low: float = 0
         raise ValueError(f"self_sharpening_guess needs high > low, got low={low}, high={high}")
     if successor(model, i) is None:
         return error_vector(pre[i], targets)
-    uniform = lambda t: low + (high - low) * torch.rand(t.shape, generator=generator,
-                                                        device=t.device, dtype=t.dtype)
+    uniform = lambda t: low + (high - low) * _random(torch.rand, t.shape, generator, t)
     return _pulled_back_noise(model, pre, i, uniform, 1, through_nonlinearity=True)
 
 
@@ -222,16 +233,66 @@ def debiased_w_transpose_guess(model, trace, generator) -> tuple[list[Tensor], l
     E[(g.y) z] = (A A^T)^+ A A^T g = P g, the projection of g onto range(A), which is g
     itself for a hidden layer's true gradient. The JVP is still taken along y.
     Returns (tangents y, update directions z); the last layer's are the same normal guess.
+    z is computed per example by `_pseudo_inverse_transpose` (a batched Cholesky, not an SVD).
+    MLPs only (2-d weights).
     """
     pre = trace.preactivations
     tangents, updates = [], []
     for i in range(len(pre) - 1):
         eps = _normal_like(pre[i + 1], generator)
-        a = relu_mask(pre[i]).unsqueeze(-1) * model.layers[i + 1].weight.T  # [B, d_i, d_{i+1}]
-        tangents.append((a @ eps.unsqueeze(-1)).squeeze(-1))
-        updates.append((torch.linalg.pinv(a).transpose(-1, -2) @ eps.unsqueeze(-1)).squeeze(-1))
+        mask, w = relu_mask(pre[i]), model.layers[i + 1].weight  # [B, d_i], [d_{i+1}, d_i]
+        y = mask * (eps @ w)                                      # A eps
+        tangents.append(y)
+        updates.append(_pseudo_inverse_transpose(mask, w, eps, y))
     last = _normal_like(pre[-1], generator)
     return tangents + [last], updates + [last]
+
+
+def _pseudo_inverse_transpose(mask: Tensor, w: Tensor, eps: Tensor, y: Tensor) -> Tensor:
+    """z = (A^+)^T eps for A = D W^T per example (D = diag(mask), y = A eps): ``[B, d_i]``.
+
+    An SVD (`torch.linalg.pinv`) of every [d_i, d_{i+1}] matrix is slow, on a GPU most of all.
+    A's rank is at most k, its number of active units, and in the usual case A has full rank
+    min(k, d_{i+1}); then A^+ has a closed form, with a positive definite Gram matrix that a
+    batched Cholesky solves:
+
+    - k >= d_{i+1} (A tall, full column rank): (A^+)^T = A (A^T A)^{-1}, so
+      z = A u with (W D W^T) u = eps, a d_{i+1} x d_{i+1} system;
+    - k < d_{i+1} (A's k non-zero rows independent, A_k = W_k^T): (A^+)^T eps = (A_k A_k^T)^{-1}
+      A_k eps on the active units and 0 elsewhere, so z solves (D W^T W D + c (I - D)) z = y
+      (c > 0 stands in on the inactive units, where y and z are 0), a d_i x d_i system.
+
+    Examples where the factorisation fails or is not trustworthy (A rank deficient beyond
+    that, e.g. W itself) fall back to pinv. The Gram matrix squares A's condition number,
+    so a factorisation counts as trustworthy only if its smallest pivot is not tiny against
+    its largest (ratio above sqrt(machine epsilon)); nearly singular A then takes pinv too.
+    """
+    z = torch.empty_like(y)
+    tall = mask.sum(-1) >= w.shape[0]
+    trusted = torch.zeros_like(tall)
+    if tall.any():
+        gram = (w * mask[tall, None, :]) @ w.T                          # W D W^T
+        u, trusted[tall] = _cholesky_solve(gram, eps[tall])
+        z[tall] = mask[tall] * (u @ w)                                   # A u
+    if not tall.all():
+        m, wtw = mask[~tall], w.T @ w
+        scale = wtw.diagonal().mean()  # the identity at W^T W's scale, for the pivot check
+        gram = wtw * (m[:, :, None] * m[:, None, :]) + scale * torch.diag_embed(1 - m)
+        z[~tall], trusted[~tall] = _cholesky_solve(gram, y[~tall])
+    if not trusted.all():  # rank deficient beyond the active units (rare): an SVD
+        a = mask[~trusted, :, None] * w.T
+        z[~trusted] = (torch.linalg.pinv(a).transpose(-1, -2) @ eps[~trusted, :, None]).squeeze(-1)
+    return z
+
+
+def _cholesky_solve(gram: Tensor, rhs: Tensor) -> tuple[Tensor, Tensor]:
+    """gram^{-1} rhs for a batch of positive definite ``gram`` [n, d, d] and ``rhs`` [n, d],
+    and for each whether its Cholesky factorisation succeeded with no pivot below
+    sqrt(machine epsilon) times the largest (else the solution is not to be trusted)."""
+    factor, info = torch.linalg.cholesky_ex(gram)
+    pivots = factor.diagonal(dim1=-2, dim2=-1) ** 2
+    ok = (info == 0) & (pivots.amin(-1) > torch.finfo(gram.dtype).eps ** 0.5 * pivots.amax(-1))
+    return torch.cholesky_solve(rhs.unsqueeze(-1), factor).squeeze(-1), ok
 
 
 # --- weight-space guesses ----------------------------------------------------------------

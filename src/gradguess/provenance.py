@@ -48,6 +48,8 @@ def provenance(*, scale: str, device: torch.device, dataset: str, data_source: s
         "device": device_name(device),
         "dataset": f"{dataset} ({data_source})",
         "seed": seed,
+        "float32 matmuls": ("TF32" if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+                            else "full float32"),
         "git commit": git_commit(),
         "python": platform.python_version(),
         **{package: _version(package) for package in PACKAGES},

@@ -1,7 +1,9 @@
 """Named scales a chapter runs at, and the device it runs on.
 
 A scale is a name for how much of each experiment to run: ``small`` fits a 2-core CPU in
-minutes; ``paper`` follows the paper's protocol and wants a GPU. What each scale means for a
+minutes; ``gpu`` runs the paper's architectures on full data with fewer epochs, the whole book
+in about 8 minutes on one H100; ``paper`` follows the paper's protocol and wants a GPU for
+longer. What each scale means for a
 chapter, in numbers, is that chapter's settings (`gradguess.settings`). The environment variable
 ``GRADGUESS_SCALE`` overrides the scale a chapter asks for (CI sets it to ``small``), and
 ``GRADGUESS_DEVICE`` the device.
@@ -20,6 +22,8 @@ class Scale:
 
 SCALES = {
     "small": Scale("small", "2-core CPU, minutes: subsets, few epochs, narrow MLPs"),
+    "gpu": Scale("gpu", "one H100, every chapter in about 8 minutes: the paper's architectures on "
+                        "full data, >= 3 seeds, as many epochs as fit"),
     "paper": Scale("paper", "the paper's protocol on a GPU: full data, (3|6) x (128|1024) MLPs"),
 }
 

@@ -33,6 +33,7 @@ class TrainingSettings:
     sweep_epochs: int
     learning_rates: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 1e-5)
     batch_size: int = 128
+    tf32: bool = True  # on a GPU: accuracies only, which TF32's rounding moves within seed noise
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class LocalMixerSettings:
     image_size: int = 32
     batch_size: int = 128
     lr: float = 1e-2  # Adam for every method, from the sweep the chapter reports
+    tf32: bool = True  # on a GPU: accuracies only, which TF32's rounding moves within seed noise
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,9 @@ SETTINGS = {
         "small": ArchitectureSettings(train_size=6000, test_size=2000, steps=20,
                                       dim_widths=(8, 16, 32, 64, 128, 256, 512, 1024),
                                       dim_guesses=32),
+        "gpu": ArchitectureSettings(train_size=None, test_size=None, steps=50,
+                                    dim_widths=(8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
+                                    dim_guesses=64),
         "paper": ArchitectureSettings(train_size=None, test_size=None, steps=200,
                                       dim_widths=(8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
                                       dim_guesses=128),
@@ -151,6 +156,9 @@ SETTINGS = {
         "small": TrainingSettings(train_size=8000, test_size=2000,
                                   architectures=((3, 64), (6, 64), (3, 256), (6, 256)), epochs=5,
                                   seeds=2, sweep_width=128, sweep_epochs=5),
+        "gpu": TrainingSettings(train_size=None, test_size=None,
+                                architectures=((3, 128), (6, 128), (3, 1024), (6, 1024)), epochs=5,
+                                seeds=3, sweep_width=128, sweep_epochs=5),
         "paper": TrainingSettings(train_size=None, test_size=None,
                                   architectures=((3, 128), (6, 128), (3, 1024), (6, 1024)),
                                   epochs=50, seeds=3, sweep_width=128, sweep_epochs=100),
@@ -158,6 +166,8 @@ SETTINGS = {
     "features": {
         "small": FeaturesSettings(train_size=8000, width=256, depths=(3, 4, 6), epochs=3,
                                   reference=512, evaluation=256, per_class=200, pc_epochs=2),
+        "gpu": FeaturesSettings(train_size=None, width=1024, depths=(3, 4, 6), epochs=3,
+                                reference=2048, evaluation=1024, per_class=1000, pc_epochs=3),
         "paper": FeaturesSettings(train_size=None, width=1024, depths=(3, 4, 6), epochs=20,
                                   reference=2048, evaluation=1024, per_class=1000, pc_epochs=20),
     },
@@ -165,6 +175,9 @@ SETTINGS = {
         "small": BiasSettings(train_size=8000, test_size=2000, width=128, samples=20000,
                               max_guesses=2000, epochs=5, trained_epochs=3, downstream_width=256,
                               seeds=2),
+        "gpu": BiasSettings(train_size=None, test_size=None, width=256, samples=50000,
+                            max_guesses=5000, epochs=3, trained_epochs=3, downstream_width=1024,
+                            seeds=3),
         "paper": BiasSettings(train_size=None, test_size=None, width=1024, samples=100000,
                               max_guesses=10000, epochs=50, trained_epochs=20,
                               downstream_width=1024, seeds=3),
@@ -174,6 +187,11 @@ SETTINGS = {
             train_size=2048, test_size=2000, depth=6, width=256, epochs=60, seeds=2, probe=256,
             methods=("self_sharpening", "downstream", "backprop"), powers=(0.1, 0.5, 1, 2, 4),
             replicates=2, steps=600, svd_lr=1e-3, record_every=25, svd_every=10),
+        "gpu": SelfSharpeningSettings(
+            train_size=None, test_size=None, depth=6, width=1024, epochs=5, seeds=3, probe=1024,
+            methods=("self_sharpening", "downstream", "w_transpose", "backprop"),
+            powers=(0.1, 0.5, 1, 2, 4), replicates=8, steps=5000, svd_lr=1e-4, record_every=250,
+            svd_every=10),
         "paper": SelfSharpeningSettings(
             train_size=None, test_size=None, depth=6, width=1024, epochs=50, seeds=3, probe=1024,
             methods=("self_sharpening", "downstream", "w_transpose", "backprop"),
@@ -183,6 +201,8 @@ SETTINGS = {
     "localmixer": {
         "small": LocalMixerSettings(train_size=8000, test_size=2000, epochs=3, channels=32,
                                     blocks=2, groups=4),
+        "gpu": LocalMixerSettings(train_size=None, test_size=None, epochs=2, channels=64,
+                                  blocks=4, groups=8),
         "paper": LocalMixerSettings(train_size=None, test_size=None, epochs=100, channels=256,
                                     blocks=4, groups=8),
     },
@@ -190,12 +210,16 @@ SETTINGS = {
         "small": PromptTuningSettings(pretrain_size=20000, pretrain_epochs=3, train_size=10000,
                                       test_size=1000, steps=300, eval_every=50, prompts=5,
                                       seeds=1),
+        "gpu": PromptTuningSettings(pretrain_size=None, pretrain_epochs=5, train_size=None,
+                                    test_size=None, steps=1000, eval_every=100, prompts=10,
+                                    seeds=3),
         "paper": PromptTuningSettings(pretrain_size=None, pretrain_epochs=10, train_size=None,
                                       test_size=None, steps=2000, eval_every=200, prompts=10,
                                       seeds=3),
     },
     "cost": {
         "small": CostSettings(depths=(3, 6, 9, 12), repeats=5, replicates=8, replicate_steps=20),
+        "gpu": CostSettings(depths=(3, 6, 9, 12), repeats=10, replicates=64, replicate_steps=50),
         "paper": CostSettings(depths=(3, 6, 9, 12), repeats=20, replicates=64,
                               replicate_steps=100),
     },

@@ -13,26 +13,7 @@ from .metrics import (cosine_similarity, effective_rank, layer_cosines, one_step
                       replicate_cosines)
 from .methods import get_method
 from .models import MLP, StackedMLP
-
-OPTIMIZERS = ("adamw", "sgd", "sgd_momentum", "stable_adamw")
-def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0,
-                   momentum: float = 0.9) -> torch.optim.Optimizer:
-    """AdamW, SGD without and with (heavy-ball) momentum, or StableAdamW (torch-optimi)."""
-    if not lr > 0:
-        raise ValueError(f"learning rate must be > 0, got {lr!r}")
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd_momentum":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "stable_adamw":
-        from optimi import StableAdamW  # Wortsman et al. 2023, as maintained in torch-optimi
-        params = list(params)
-        on_gpu = all(p.is_cuda for p in params)  # optimi's Triton kernels need a GPU
-        return StableAdamW(params, lr=lr, weight_decay=weight_decay,
-                           triton=None if on_gpu else False)
-    raise ValueError(f"unknown optimizer {name!r}; known optimizers: {', '.join(OPTIMIZERS)}")
+from .optimizers import OPTIMIZERS, make_optimizer  # noqa: F401  (OPTIMIZERS: re-exported)
 
 
 @torch.no_grad()

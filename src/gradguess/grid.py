@@ -1,0 +1,346 @@
+"""The stacked run engine: a grid of MLP training runs side by side in batched matmuls.
+
+A grid of runs (methods x seeds x learning rates x optimizers) of one architecture is R
+independent trainings whose steps are each far too small to keep a GPU busy. Here they run as
+the R replicates of one `StackedMLP`: every layer is one batched matmul over all of them, and
+replicate r is, number for number, the run `training.train_mlp` would make alone (tests check
+this in float64 for every method and optimizer):
+
+- its own initialisation (``torch.manual_seed(seed)`` then an `MLP`, as `train_mlp`), batch
+  order (a CPU generator seeded ``seed``; inputs gathered per replicate, ``[R, B, in]``), and
+  guesses (a generator seeded ``seed + 1``, `guesses.ReplicateGenerators`);
+- its own method and options: replicates are grouped by them. Activation-space guesses are
+  drawn per group and carried through one shared tangent pass (the fused estimator,
+  `gradguess.fused`); a weight-space guess (directional descent) carries its weight direction
+  through a forward tangent pass; backprop replicates get the exact gradient from a batched
+  backward pass. One forward pass serves all;
+- its own learning rate and weight decay (`optimizers.StackedOptimizer`); a stack shares one
+  optimizer kind, and `train_grid` makes one stack per optimizer.
+
+Nothing is read back to the host during an epoch: losses, divergence (a non-finite loss or
+weight ends a replicate's history, as it ends a run) and accuracies stay on the device and are
+read once at the end of each epoch.
+"""
+import json
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from .guesses import ReplicateGenerators
+from .losses import cross_entropy_per_example, error_vector
+from .methods import get_method
+from .models import MLP, stack_mlps
+from .optimizers import StackedOptimizer
+from .training import probe
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of a grid: what `train_mlp` takes besides the architecture and the epochs."""
+    method: str
+    seed: int = 0
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    options: dict | None = None  # of the method's guess, e.g. {"k": 2} for downstream
+    probe_method: str | None = None  # whose guesses `train_stack`'s probes score (default: method)
+
+    def group(self) -> tuple[str, str]:
+        """Runs of one group share a method and its options."""
+        return self.method, json.dumps(self.options or {}, sort_keys=True)
+
+
+# Methods the stack runs: activation-space guesses with a per-layer form (`Method.guess_at`:
+# the stack keeps every pre-activation, so a guess may read any layer), weight-space guesses
+# and backprop.
+def _stackable(method) -> bool:
+    return method.guess_at is not None or method.space in ("exact", "weights")
+
+
+class _Replicates:
+    """Replicates ``lo:hi`` of a stacked model, as the guesses see a model (``layers`` with
+    their ``weight``, ``replicates``): views, no copies."""
+
+    class _Layer:
+        def __init__(self, layer, lo, hi):
+            self.weight, self.bias = layer.weight[lo:hi], layer.bias[lo:hi]
+
+    def __init__(self, model, lo: int, hi: int):
+        self.layers = [self._Layer(layer, lo, hi) for layer in model.layers]
+        self.replicates = hi - lo
+
+
+def _groups(stack: list[Run]) -> list[tuple[object, dict, int, int]]:
+    """(method record, options, lo, hi) for each block of runs of one group in the stack."""
+    groups, lo = [], 0
+    for r in range(1, len(stack) + 1):
+        if r == len(stack) or stack[r].group() != stack[lo].group():
+            groups.append((get_method(stack[lo].method), stack[lo].options or {}, lo, r))
+            lo = r
+    return groups
+
+
+@torch.no_grad()
+def stacked_step(model, x: Tensor, targets: Tensor, groups, generators) -> Tensor:
+    """Write every replicate's gradient into ``.grad``: its method's guess scaled by its JVP
+    (the fused estimator's update, paper A.4), directional descent's (g.v) v, or backprop's
+    exact gradient. ``x`` is ``[R, B, in]``, ``targets`` ``[R, B]``; ``groups`` from `_groups`
+    in the order activation-space, exact, weight-space. Returns each replicate's batch loss."""
+    layers, last, batch = model.layers, len(model.layers) - 1, targets.shape[-1]
+    inputs, pre = [], []
+    h = x
+    for i, layer in enumerate(layers):
+        inputs.append(h)
+        pre.append(layer(h))
+        h = torch.relu(pre[-1]) if i < last else None
+    error = error_vector(pre[-1], targets)  # d loss_b / d logits_b
+    loss = cross_entropy_per_example(pre[-1], targets).mean(-1)
+    grad_s = [torch.empty_like(s) for s in pre]  # dL/ds_i of the activation and exact replicates
+    guessed = [group for group in groups if group[0].space == "activations"]
+    if guessed:
+        _guessed_preactivation_grads(model, pre, error, targets, guessed, generators, grad_s, batch)
+    for method, _, lo, hi in groups:
+        if method.space == "exact":
+            for i, g in enumerate(_exact_preactivation_grads(model, pre, error, lo, hi)):
+                grad_s[i][lo:hi] = g
+    # the prefix of replicates whose update is an outer product with the layer's input
+    ends = [hi for method, _, _, hi in groups if method.space != "weights"]
+    if ends:
+        end = max(ends)
+        for layer, h, g in zip(layers, inputs, grad_s):
+            torch.matmul(g[:end].transpose(-1, -2), h[:end], out=layer.weight.grad[:end])
+            torch.sum(g[:end], -2, out=layer.bias.grad[:end])
+    for method, options, lo, hi in groups:
+        if method.space == "weights":
+            _weight_space(model, inputs, pre, error, method, options, lo, hi, generators)
+    return loss
+
+
+def _exact_preactivation_grads(model, pre, error, lo, hi) -> list[Tensor]:
+    """Backprop for replicates lo:hi: dL/ds_L = error / B, then the chain rule
+    dL/ds_{i-1} = mask(s_{i-1}) * (dL/ds_i W_i), layer by layer."""
+    g = error[lo:hi] / error.shape[-2]
+    grads = [g]
+    for i in range(len(pre) - 1, 0, -1):
+        g = (g @ model.layers[i].weight[lo:hi]).masked_fill_(pre[i - 1][lo:hi] <= 0, 0)
+        grads.append(g)
+    return grads[::-1]
+
+
+def _guessed_preactivation_grads(model, pre, error, targets, groups, generators, grad_s, batch):
+    """The fused estimator over the activation-space replicates (a contiguous prefix): each
+    group's guesses y_i, one tangent pass t_i = y_i + W_i (mask(s_{i-1}) * t_{i-1}), and
+    dL/ds_i = (error . t_L) y_i / B per example; an ``exact_last`` method's last layer takes
+    its guess (the error vector) as its exact gradient."""
+    last, lo, hi = len(pre) - 1, groups[0][2], groups[-1][3]
+    ys = [[] for _ in pre]
+    exact_last = torch.zeros(hi - lo, dtype=torch.bool, device=error.device)
+    for method, options, a, b in groups:
+        view = _Replicates(model, a, b)
+        if method.needs_targets:
+            options = {**options, "targets": targets[a:b]}
+        rng = ReplicateGenerators(generators[a:b])
+        pre_group = [s[a:b] for s in pre]
+        for i in range(last + 1):  # layer by layer: each replicate's draws in a run's order
+            ys[i].append(method.guess_at(view, pre_group, i, rng, **options))
+        exact_last[a - lo:b - lo] = method.exact_last
+    ys = [torch.cat(y) if len(y) > 1 else y[0] for y in ys]
+    tangent = None
+    for i, layer in enumerate(model.layers):
+        y = ys[i] if i < last else ys[i].masked_fill(exact_last.view(-1, 1, 1), 0)
+        if tangent is None:
+            tangent = y
+        else:
+            masked = tangent.masked_fill(pre[i - 1][lo:hi] <= 0, 0)
+            tangent = torch.baddbmm(y, masked, layer.weight[lo:hi].transpose(-1, -2))
+    derivative = (error[lo:hi] * tangent).sum(-1, keepdim=True)  # [A, B, 1]
+    for i, y in enumerate(ys):
+        scale = derivative if i < last else torch.where(exact_last.view(-1, 1, 1), 1.0, derivative)
+        torch.mul(y, scale / batch, out=grad_s[i][lo:hi])
+
+
+def _weight_space(model, inputs, pre, error, method, options, lo, hi, generators):
+    """A weight-space guess (directional descent, paper §1, A.4) for replicates lo:hi: a
+    direction v over all the weights (drawn per replicate in its parameter order, from the
+    replicate's true gradient if the method reads it), its directional derivative g.v by a
+    forward tangent pass, and .grad = (g.v) v."""
+    params = [p for layer in model.layers for p in (layer.weight, layer.bias)]
+    true = None
+    if method.needs_true_gradient:
+        grads = _exact_preactivation_grads(model, pre, error, lo, hi)
+        true = [t for h, g in zip(inputs, grads) for t in (g.transpose(-1, -2) @ h[lo:hi], g.sum(-2))]
+    per_replicate = []
+    for r in range(lo, hi):
+        extra = {"true_grads": [t[r - lo] for t in true]} if true is not None else {}
+        per_replicate.append(method.guess([p[r] for p in params], generators[r], **options, **extra))
+    v = [torch.stack(pieces) for pieces in zip(*per_replicate)]  # like params[k][lo:hi]
+    tangent = None
+    for i, layer in enumerate(model.layers):
+        w, vw, vb = layer.weight[lo:hi], v[2 * i], v[2 * i + 1]
+        t = torch.baddbmm(vb.unsqueeze(1), inputs[i][lo:hi], vw.transpose(-1, -2))  # W' x + b'
+        if tangent is not None:  # + W (mask(s_{i-1}) * t_{i-1})
+            t.baddbmm_(tangent.masked_fill(pre[i - 1][lo:hi] <= 0, 0), w.transpose(-1, -2))
+        tangent = t
+    derivative = (error[lo:hi] * tangent).sum(-1).mean(-1)  # of the batch-mean loss, [D]
+    for p, direction in zip(params, v):
+        torch.mul(direction, derivative.view(-1, *([1] * (direction.dim() - 1))),
+                  out=p.grad[lo:hi])
+
+
+def _order(runs: list[Run]) -> list[int]:
+    """Stack order: activation-space methods first (grouped), then backprop, then weight
+    space, so each estimator works on one contiguous block of replicates."""
+    rank = {"activations": 0, "exact": 1, "weights": 2}
+    return sorted(range(len(runs)), key=lambda r: (rank[get_method(runs[r].method).space],
+                                                   runs[r].group()))
+
+
+@torch.no_grad()
+def _correct(model, x: Tensor, y: Tensor, batch_size: int = 4096) -> Tensor:
+    """Correct predictions per replicate, on the device."""
+    return sum((model(x[i:i + batch_size]).argmax(-1) == y[i:i + batch_size]).sum(-1)
+               for i in range(0, len(y), batch_size))
+
+
+def train_stack(data, runs, *, depth: int, width: int, epochs: int, batch_size: int = 128,
+                probe_examples: int = 0, probe_repeats: int = 1,
+                progress: bool = False) -> list[dict]:
+    """Train ``runs`` (`Run`s sharing one optimizer) side by side on ``data`` for ``epochs``.
+
+    Returns, in the order of ``runs``, the history `training.train_mlp` would return for each
+    run alone (per-epoch ``train_acc``, ``test_acc``, ``train_loss``, ``diverged``,
+    ``diverged_at_step``, ``steps``), with ``seconds`` the stack's wall time and
+    ``replicates`` its size. With ``probe_examples`` > 0 every replicate is probed as
+    `train_mlp` probes a run (`training.probe`, before the first epoch and after each one).
+    """
+    runs = [Run(**r) if isinstance(r, dict) else r for r in runs]
+    if not runs:
+        raise ValueError("train_stack needs at least one run")
+    for run in runs:
+        if not _stackable(get_method(run.method)):
+            raise ValueError(f"the stacked engine runs activation-space methods with a per-layer "
+                             f"guess, weight-space guesses and backprop, not {run.method!r}")
+    if len({run.optimizer for run in runs}) != 1:
+        raise ValueError("a stack shares one optimizer; `train_grid` splits a grid by optimizer")
+    if not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+    n, device, dtype = len(data.train_y), data.train_x.device, data.train_x.dtype
+    if not isinstance(batch_size, int) or not 1 <= batch_size <= n:
+        raise ValueError(f"batch_size must be an integer in 1..{n} (the training set), "
+                         f"got {batch_size!r}")
+    order = _order(runs)
+    stack = [runs[r] for r in order]
+    mlps = []
+    for run in stack:
+        torch.manual_seed(run.seed)  # as train_mlp initialises a run
+        mlps.append(MLP(data.in_features, width, depth, data.num_classes))
+    model = stack_mlps(mlps).to(device=device, dtype=dtype)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt = StackedOptimizer(model.parameters(), stack[0].optimizer, [r.lr for r in stack],
+                           [r.weight_decay for r in stack])
+    order_rngs = [torch.Generator().manual_seed(run.seed) for run in stack]
+    generators = [torch.Generator(device=device).manual_seed(run.seed + 1) for run in stack]
+    groups = _groups(stack)
+    R, steps_per_epoch = len(stack), n // batch_size
+    train_x = data.train_x.flatten(1)
+
+    diverged = torch.zeros(R, dtype=torch.bool, device=device)
+    diverged_at = torch.zeros(R, dtype=torch.long, device=device)
+    histories = [{"train_acc": [], "test_acc": [], "train_loss": [], "diverged": False,
+                  "diverged_at_step": None, "steps": 0} for _ in stack]
+    probes = _Probes(data, stack, probe_examples, probe_repeats)
+    probes.observe(model, histories, range(R))
+    start, step = time.perf_counter(), 0
+    bar = tqdm(total=epochs * steps_per_epoch, disable=not progress, leave=False,
+               desc=f"stack of {R} ({depth}x{width}, {stack[0].optimizer})")
+    for _ in range(epochs):
+        batches = torch.stack([torch.randperm(n, generator=g) for g in order_rngs]).to(device)
+        loss_sum = torch.zeros(R, dtype=torch.float64, device=device)
+        for i in range(0, steps_per_epoch * batch_size, batch_size):
+            idx = batches[:, i:i + batch_size]
+            loss = stacked_step(model, train_x[idx], data.train_y[idx], groups, generators)
+            opt.step()
+            step += 1
+            bad = ~torch.isfinite(loss)
+            for p in model.parameters():
+                bad |= ~torch.isfinite(p).flatten(1).all(1)
+            diverged_at = torch.where(bad & ~diverged, step, diverged_at)
+            diverged |= bad
+            loss_sum += loss.nan_to_num().double()
+            bar.update()
+        # the epoch's one read back: losses, accuracies, divergence
+        correct_train = _correct(model, data.train_x, data.train_y)
+        correct_test = _correct(model, data.test_x, data.test_y)
+        read = torch.stack([loss_sum / steps_per_epoch, correct_train.double() / n,
+                            correct_test.double() / len(data.test_y), diverged.double(),
+                            diverged_at.double()]).tolist()
+        going = []
+        for r, history in enumerate(histories):
+            if history["diverged"]:
+                continue
+            if read[3][r]:
+                history["diverged"], history["diverged_at_step"] = True, int(read[4][r])
+                history["steps"] = int(read[4][r])
+                continue
+            history["steps"] = step
+            history["train_loss"].append(read[0][r])
+            history["train_acc"].append(read[1][r])
+            history["test_acc"].append(read[2][r])
+            going.append(r)
+        probes.observe(model, histories, going)
+        if all(h["diverged"] for h in histories):
+            break
+        bar.set_postfix(train=f"{max(read[1]):.3f}")
+    bar.close()
+    seconds = time.perf_counter() - start
+    result = [None] * R
+    for position, r in enumerate(order):
+        result[r] = {**histories[position], "seconds": seconds, "replicates": R}
+    return result
+
+
+class _Probes:
+    """`training.probe` of replicates, once per epoch (outside the step loop): each replicate
+    as its own `MLP`, on the first ``examples`` training images, with a generator seeded
+    ``seed + 1000``, as `training.train_mlp` probes a run."""
+
+    def __init__(self, data, stack, examples: int, repeats: int):
+        self.x, self.y = data.train_x[:examples], data.train_y[:examples]
+        self.examples, self.repeats, self.stack = examples, repeats, stack
+        self.rngs = [torch.Generator(device=data.train_x.device).manual_seed(run.seed + 1000)
+                     for run in stack] if examples else []
+
+    def observe(self, model, histories, replicates) -> None:
+        for r in replicates if self.examples else ():
+            run = self.stack[r]
+            scores = probe(model.unstack(r), self.x, self.y, run.probe_method or run.method,
+                           self.rngs[r], repeats=self.repeats)
+            for key, value in scores.items():
+                histories[r].setdefault(key, []).append(value)
+
+
+def train_grid(data, runs, *, depth: int, width: int, epochs: int, batch_size: int = 128,
+               max_replicates: int | None = None, probe_examples: int = 0,
+               probe_repeats: int = 1, progress: bool = False) -> list[dict]:
+    """`train_stack` over a grid of ``runs`` of one architecture: one stack per optimizer
+    (at most ``max_replicates`` runs each, to bound memory). Histories in ``runs``' order."""
+    runs = [Run(**r) if isinstance(r, dict) else r for r in runs]
+    if max_replicates is not None and (not isinstance(max_replicates, int) or max_replicates < 1):
+        raise ValueError(f"max_replicates must be an integer >= 1 or None, got {max_replicates!r}")
+    result = [None] * len(runs)
+    for optimizer in dict.fromkeys(run.optimizer for run in runs):
+        members = [r for r, run in enumerate(runs) if run.optimizer == optimizer]
+        size = max_replicates or len(members)
+        for chunk in range(0, len(members), size):
+            part = members[chunk:chunk + size]
+            histories = train_stack(data, [runs[r] for r in part], depth=depth, width=width,
+                                    epochs=epochs, batch_size=batch_size,
+                                    probe_examples=probe_examples, probe_repeats=probe_repeats,
+                                    progress=progress)
+            for r, history in zip(part, histories):
+                result[r] = history
+    return result

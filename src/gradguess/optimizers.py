@@ -1,0 +1,150 @@
+"""The optimizers every run uses: `make_optimizer` builds one for a single run (AdamW, SGD without
+and with momentum, or torch-optimi's StableAdamW), and `StackedOptimizer` steps R replicates side
+by side, every parameter shaped [R, ...] as in `models.StackedMLP`, each replicate with its own
+learning rate and weight decay, replicate r moving exactly as `make_optimizer` would move it alone.
+The stacked step is plain tensor ops with no host synchronisation, so a GPU never waits on it."""
+import torch
+
+OPTIMIZERS = ("adamw", "sgd", "sgd_momentum", "stable_adamw")
+
+
+def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0,
+                   momentum: float = 0.9) -> torch.optim.Optimizer:
+    """AdamW, SGD without and with (heavy-ball) momentum, or StableAdamW (torch-optimi)."""
+    if not lr > 0:
+        raise ValueError(f"learning rate must be > 0, got {lr!r}")
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd_momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "stable_adamw":
+        from optimi import StableAdamW  # Wortsman et al. 2023, as maintained in torch-optimi
+        params = list(params)
+        on_gpu = all(p.is_cuda for p in params)  # optimi's Triton kernels need a GPU
+        return StableAdamW(params, lr=lr, weight_decay=weight_decay,
+                           triton=None if on_gpu else False)
+    raise ValueError(f"unknown optimizer {name!r}; known optimizers: {', '.join(OPTIMIZERS)}")
+
+
+class StackedOptimizer:
+    """R replicates' optimizer side by side: every parameter is [R, ...] and replicate r steps
+    exactly as `make_optimizer(name, [that replicate's slice], lr[r], weight_decay[r])` would
+    step it alone. With g the gradient, t the step, lr and wd replicate r's values:
+
+    - adamw (torch defaults b1 0.9, b2 0.999, eps 1e-8): p <- p (1 - lr wd);
+      m <- b1 m + (1-b1) g; v <- b2 v + (1-b2) g^2;
+      p <- p - lr/(1-b1^t) m / (sqrt(v)/sqrt(1-b2^t) + eps)
+    - sgd: p <- p - lr (g + wd p)
+    - sgd_momentum: b <- mu b + (g + wd p) (b = g + wd p at the first step); p <- p - lr b
+    - stable_adamw (optimi: b1 0.9, b2 0.99, eps 1e-6, debiased betas
+      b_hat = (b^t - b)/(b^t - 1), so m and v are already bias-corrected):
+      m <- b1_hat m + (1-b1_hat) g; v <- b2_hat v + (1-b2_hat) g^2;
+      rms = sqrt(mean over p[r] of g^2 / max(v, eps^2)); lr' = lr / max(1, rms);
+      p <- p (1 - lr' wd); p <- p - lr' m / (sqrt(v) + eps)
+      optimi pools rms over the whole tensor; here it is pooled over each replicate's slice.
+
+    Replicates never mix: every reduction is per replicate, so a NaN in one replicate's gradient
+    leaves the others' updates untouched. `step` makes no host synchronisation."""
+
+    def __init__(self, params, name: str, lr, weight_decay=0.0, momentum: float = 0.9):
+        if name not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {name!r}; known optimizers: "
+                             f"{', '.join(OPTIMIZERS)}")
+        self.params, self.name, self.momentum = list(params), name, momentum
+        if not self.params or any(p.dim() == 0 for p in self.params):
+            raise ValueError("need at least one parameter, each shaped [R, ...]")
+        self.replicates = self.params[0].shape[0]
+        if any(p.shape[0] != self.replicates for p in self.params):
+            raise ValueError(f"every parameter needs the same leading (replicate) dimension; got "
+                             f"{sorted({p.shape[0] for p in self.params})}")
+        lr = self._per_replicate("lr", lr)
+        weight_decay = self._per_replicate("weight_decay", weight_decay)
+        if not (lr > 0).all():
+            raise ValueError(f"learning rate must be > 0 for every replicate, got {lr.tolist()}")
+        if not (weight_decay >= 0).all():
+            raise ValueError(f"weight decay must be >= 0 for every replicate, "
+                             f"got {weight_decay.tolist()}")
+        self.decay = bool((weight_decay != 0).any())  # known on the host: skip the work when all 0
+        # per parameter, on its device and dtype, shaped [R, 1, ...] to broadcast against it
+        self.lr = [self._broadcast(lr, p) for p in self.params]
+        self.weight_decay = [self._broadcast(weight_decay, p) for p in self.params]
+        self.state = [{} for _ in self.params]
+        self.steps = 0  # calls of step(); optimi's step counter is per group, torch's per parameter
+
+    def _per_replicate(self, what: str, value) -> torch.Tensor:
+        """One value or R values as a float64 host tensor of R values (validation happens here,
+        once, on the host)."""
+        values = torch.as_tensor(value, dtype=torch.float64).detach().cpu()
+        if values.dim() == 0:
+            values = values.expand(self.replicates)
+        if values.shape != (self.replicates,):
+            raise ValueError(f"{what} needs one value or {self.replicates} (one per replicate, the "
+                             f"parameters' leading dimension), got shape {tuple(values.shape)}")
+        return values
+
+    @staticmethod
+    def _broadcast(values: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return values.to(device=p.device, dtype=p.dtype).view(-1, *[1] * (p.dim() - 1))
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.steps += 1
+        for p, lr, wd, state in zip(self.params, self.lr, self.weight_decay, self.state):
+            if p.grad is None:
+                continue
+            state["step"] = state.get("step", 0) + 1
+            getattr(self, f"_{self.name}")(p, p.grad, lr, wd, state)
+
+    @staticmethod
+    def _moments(p, state):
+        """The first and second moments, zero until a parameter's first step."""
+        if "exp_avg" not in state:
+            state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+        return state["exp_avg"], state["exp_avg_sq"]
+
+    def _adamw(self, p, g, lr, wd, state, betas=(0.9, 0.999), eps=1e-8):
+        """torch.optim.AdamW's single-tensor step with a per-replicate lr and wd."""
+        b1, b2, t = *betas, state["step"]
+        m, v = self._moments(p, state)
+        if self.decay:
+            p.mul_(1 - lr * wd)  # decoupled: before the moments, as torch does
+        m.lerp_(g, 1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        # addcdiv_ takes only a scalar step, so the per-replicate step size divides the denominator
+        denom = v.sqrt().div_((1 - b2 ** t) ** 0.5).add_(eps).div_(lr / (1 - b1 ** t))
+        p.addcdiv_(m, denom, value=-1)
+
+    def _sgd(self, p, g, lr, wd, state):
+        """torch.optim.SGD's single-tensor step (dampening 0, no Nesterov)."""
+        if self.decay:
+            g = torch.addcmul(g, p, wd)  # coupled: weight decay is part of the gradient
+        if self.name == "sgd_momentum":
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = g.clone()  # torch's first step: buffer = gradient
+            else:
+                state["momentum_buffer"].mul_(self.momentum).add_(g)
+            g = state["momentum_buffer"]
+        p.addcmul_(g, lr, value=-1)
+
+    _sgd_momentum = _sgd
+
+    def _stable_adamw(self, p, g, lr, wd, state, betas=(0.9, 0.99), eps=1e-6):
+        """optimi's StableAdamW (`_single_param_stableadamw`, its defaults), RMS per replicate."""
+        t = self.steps
+        b1_hat, b2_hat = ((b ** t - b) / (b ** t - 1) for b in betas)  # optimi's debias_beta
+        m, v = self._moments(p, state)
+        m.lerp_(g, 1 - b1_hat)
+        v.mul_(b2_hat).addcmul_(g, g, value=1 - b2_hat)
+        rms = g.square().div_(v.clamp(min=eps ** 2)).reshape(len(p), -1).mean(1).sqrt()
+        rms = rms.view_as(lr)
+        # optimi's Python max(1, rms): 1 unless rms > 1, so a NaN rms leaves lr as it is
+        lr = lr / torch.where(rms > 1, rms, 1.0)
+        if self.decay:
+            p.mul_(1 - lr * wd)  # optimi's default: decoupled, scaled by the clipped lr
+        p.addcdiv_(m, v.sqrt().add_(eps).div_(lr), value=-1)

@@ -49,13 +49,14 @@ execute-all: setup
 html: $(VENV)/.installed
 	$(VENV)/bin/jupyter-book build . -n -W --keep-going
 
-# Re-execute every committed chapter at small scale on the CPU; nbval compares the cells
-# marked NBVAL_CHECK_OUTPUT (the claim verdicts) with the committed outputs. An empty run
-# cache makes every run compute afresh.
+# Re-execute every chapter's committed small-scale execution on the CPU (the rendered copy,
+# or book/executed/small/ while a larger run is rendered); nbval compares the cells marked
+# NBVAL_CHECK_OUTPUT (the claim verdicts) with the committed outputs. An empty run cache
+# makes every run compute afresh.
 validate: setup
 	GRADGUESS_SCALE=small GRADGUESS_DEVICE=cpu GRADGUESS_CACHE=$$(mktemp -d) \
 	  $(PY) -m pytest -q -p no:cacheprovider \
-	  --nbval-lax --nbval-current-env book/executed
+	  --nbval-lax --nbval-current-env $$($(PY) scripts/execute.py --small-executions)
 
 # Package tests, re-execution of every chapter, the strict build, then every built page in
 # headless Chromium (tests/test_rendered_book.py).

@@ -7,6 +7,12 @@ A chapter's source (book/chapters/<name>.md, MyST markdown) is executed with its
 into book/runs/<scale>/<name>.ipynb, its claims ledger beside it. The copy the book renders,
 book/executed/<name>.ipynb (committed), is replaced only by a run at the same or a larger
 scale: a quick CPU run never silently replaces a paper-scale GPU run.
+
+CI re-executes every chapter at small scale and compares its verdicts with a committed
+small-scale execution: the rendered copy where that is small-scale, else
+book/executed/small/<name>.ipynb, kept (committed) for as long as a larger run is rendered.
+
+    python scripts/execute.py --small-executions   # the notebooks CI re-executes
 """
 import argparse
 import json
@@ -27,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ROOT / "book" / "chapters"
 RUNS = ROOT / "book" / "runs"
 EXECUTED = ROOT / "book" / "executed"
-SCALE_RANK = {name: rank for rank, name in enumerate(SCALES)}  # small < paper
+SCALE_RANK = {name: rank for rank, name in enumerate(SCALES)}  # small < gpu < paper
 
 
 # pages that read the other chapters' records: executed after them
@@ -67,15 +73,29 @@ def execute(chapter: str, scale: str, device: str, dataset: str | None, seed: in
     return out
 
 
+def small_copy(chapter: str) -> Path:
+    """Where a chapter's small-scale execution is kept while a larger one is rendered."""
+    return EXECUTED / "small" / f"{chapter}.ipynb"
+
+
 def promote(chapter: str, scale: str) -> None:
-    """Make this scale's run the rendered one, unless a larger-scale run is rendered now."""
+    """Make this scale's run the rendered one, unless a larger-scale run is rendered now; keep
+    the small-scale execution that CI compares with (`small_executions`)."""
     rendered = EXECUTED / f"{chapter}.ipynb"
     current = executed_scale(rendered)
     if current is not None and SCALE_RANK.get(current, -1) > SCALE_RANK[scale]:
+        if scale == "small":
+            small_copy(chapter).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(RUNS / scale / f"{chapter}.ipynb", small_copy(chapter))
         print(f"{chapter}: kept the rendered {current}-scale run; the {scale}-scale run stays in "
-              f"book/runs/{scale}/")
+              f"book/runs/{scale}/" + (" and book/executed/small/" if scale == "small" else ""))
         return
     EXECUTED.mkdir(parents=True, exist_ok=True)
+    if scale == "small":
+        small_copy(chapter).unlink(missing_ok=True)  # the rendered copy is the small one now
+    elif current == "small":  # a larger run takes the page: the small one stays for CI
+        small_copy(chapter).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(rendered, small_copy(chapter))
     shutil.copyfile(RUNS / scale / f"{chapter}.ipynb", rendered)
     ledger = RUNS / scale / f"{chapter}.ledger.json"
     rendered_ledger = EXECUTED / f"{chapter}.ledger.json"
@@ -87,6 +107,18 @@ def promote(chapter: str, scale: str) -> None:
     print(f"{chapter}: rendered copy is now the {scale}-scale run")
 
 
+def small_executions() -> list[Path]:
+    """The committed small-scale execution of every chapter that has one: what CI re-executes."""
+    found = []
+    for name in chapters():
+        rendered = EXECUTED / f"{name}.ipynb"
+        if small_copy(name).exists():
+            found.append(small_copy(name))
+        elif executed_scale(rendered) == "small":
+            found.append(rendered)
+    return found
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("chapters", nargs="*", help=f"chapter names: {', '.join(chapters())}")
@@ -95,7 +127,12 @@ def main():
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dataset", default=None, help="default: each chapter's own")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--small-executions", action="store_true",
+                        help="print the committed small-scale executions (what CI re-executes)")
     args = parser.parse_args()
+    if args.small_executions:
+        print(" ".join(str(path.relative_to(ROOT)) for path in small_executions()))
+        return
     names = chapters() if args.all else args.chapters
     unknown = sorted(set(names) - set(chapters()))
     if unknown or not names:

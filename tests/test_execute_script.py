@@ -53,5 +53,22 @@ def test_same_or_larger_scale_replaces_the_rendering_and_its_ledger(execute):
     assert not (execute.EXECUTED / "ch.ledger.json").exists()  # no stale ledger left behind
 
 
-def test_scale_order_is_small_then_paper(execute):
-    assert execute.SCALE_RANK["small"] < execute.SCALE_RANK["paper"]
+def test_scale_order_is_small_then_gpu_then_paper(execute):
+    assert execute.SCALE_RANK["small"] < execute.SCALE_RANK["gpu"] < execute.SCALE_RANK["paper"]
+
+
+def test_the_small_execution_ci_compares_with_is_kept_beside_a_larger_rendering(execute, monkeypatch):
+    monkeypatch.setattr(execute, "chapters", lambda: ["ch", "other"])
+    fake_run(execute.RUNS / "small", "ch", "small", "cpu run")
+    execute.promote("ch", "small")
+    fake_run(execute.RUNS / "small", "other", "small", "other cpu run")
+    execute.promote("other", "small")
+    assert execute.small_executions() == [execute.EXECUTED / "ch.ipynb", execute.EXECUTED / "other.ipynb"]
+    fake_run(execute.RUNS / "gpu", "ch", "gpu", "gpu run")
+    execute.promote("ch", "gpu")  # the small run moves aside for CI
+    assert rendered_marker(execute, "ch") == "gpu run"
+    assert execute.small_executions()[0] == execute.small_copy("ch")
+    fake_run(execute.RUNS / "small", "ch", "small", "newer cpu run")
+    execute.promote("ch", "small")  # a newer small run updates CI's copy, not the page
+    assert rendered_marker(execute, "ch") == "gpu run"
+    assert nbformat.read(execute.small_copy("ch"), as_version=4).cells[0].source == "newer cpu run"

@@ -13,6 +13,8 @@ small-scale execution: the rendered copy where that is small-scale, else
 book/executed/small/<name>.ipynb, kept (committed) for as long as a larger run is rendered.
 
     python scripts/execute.py --small-executions   # the notebooks CI re-executes
+    python scripts/execute.py --all --scale gpu --promote-only   # runs executed elsewhere (a GPU
+                                                    # machine's book/runs/gpu/, unpacked here)
 """
 import argparse
 import json
@@ -129,6 +131,8 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--small-executions", action="store_true",
                         help="print the committed small-scale executions (what CI re-executes)")
+    parser.add_argument("--promote-only", action="store_true",
+                        help="execute nothing: promote the runs already in book/runs/<scale>/")
     args = parser.parse_args()
     if args.small_executions:
         print(" ".join(str(path.relative_to(ROOT)) for path in small_executions()))
@@ -138,8 +142,13 @@ def main():
     if unknown or not names:
         parser.error(f"name chapters from {', '.join(chapters())}, or pass --all"
                      + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+    if args.promote_only:
+        names = [n for n in names if (RUNS / args.scale / f"{n}.ipynb").exists()]
+        if not names:
+            parser.error(f"no runs in book/runs/{args.scale}/ to promote")
     for name in sorted(names, key=lambda name: name in READERS):  # readers last
-        execute(name, args.scale, args.device, args.dataset, args.seed)
+        if not args.promote_only:
+            execute(name, args.scale, args.device, args.dataset, args.seed)
         promote(name, args.scale)
 
 

@@ -72,3 +72,14 @@ def test_the_small_execution_ci_compares_with_is_kept_beside_a_larger_rendering(
     execute.promote("ch", "small")  # a newer small run updates CI's copy, not the page
     assert rendered_marker(execute, "ch") == "gpu run"
     assert nbformat.read(execute.small_copy("ch"), as_version=4).cells[0].source == "newer cpu run"
+
+
+def test_promote_only_renders_runs_executed_elsewhere_without_executing(execute, monkeypatch):
+    monkeypatch.setattr(execute, "chapters", lambda: ["ch", "other"])
+    monkeypatch.setattr(execute, "execute", lambda *a: pytest.fail("--promote-only executed a chapter"))
+    fake_run(execute.EXECUTED, "ch", "small", "cpu run")
+    fake_run(execute.RUNS / "gpu", "ch", "gpu", "gpu run")  # as unpacked from a GPU machine
+    monkeypatch.setattr("sys.argv", ["execute.py", "--all", "--scale", "gpu", "--promote-only"])
+    execute.main()  # "other" has no gpu run: left alone
+    assert rendered_marker(execute, "ch") == "gpu run"
+    assert execute.small_executions() == [execute.small_copy("ch")]

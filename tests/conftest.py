@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from gradguess.data import Dataset
 from gradguess.mixer import LocalMixer
@@ -44,3 +45,17 @@ def tiny_mixer(local=True, seed=0, batch=5):
     x = torch.randn(batch, 2, 8, 8, dtype=torch.float64)
     y = torch.randint(0, 3, (batch,))
     return model, x, y
+
+
+class HostReads(TorchDispatchMode):
+    """Counts reads of a tensor's value by the host (`float(t)`, `bool(t)`, `t.item()`,
+    `t.tolist()`: aten._local_scalar_dense), the host syncs a step on a GPU must not make."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))

@@ -5,26 +5,36 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from gradguess.grid import Run, train_grid, train_stack
+from gradguess.grid import Run, _order, stackable_datasets, train_grid, train_stack
 from gradguess.optimizers import OPTIMIZERS
 from gradguess.training import train_mlp
 
-from conftest import blobs
+from conftest import HostReads, blobs
 
 STACKED_METHODS = ["activation_perturbation", "activation_mixing", "w_transpose", "downstream",
                    "self_sharpening", "directional", "backprop"]
 ARCH = {"depth": 3, "width": 16}
 
 
+def as_float64(data):
+    return dataclasses.replace(data, train_x=data.train_x.double(), test_x=data.test_x.double())
+
+
 @pytest.fixture
 def float64():
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
-    data = blobs()
-    yield dataclasses.replace(data, train_x=data.train_x.double(), test_x=data.test_x.double())
+    yield as_float64(blobs())
     torch.set_default_dtype(previous)
+
+
+def two_datasets():
+    """Two tasks of one shape (8 features, 3 classes, 200 training examples) with different
+    contents and different test-set sizes."""
+    a, b = blobs(seed=0), blobs(seed=1)
+    b = dataclasses.replace(b, name="other blobs", test_x=b.test_x[:130], test_y=b.test_y[:130])
+    return {"a": a, "b": b}
 
 
 def one_at_a_time(data, run, epochs, batch_size):
@@ -52,13 +62,41 @@ def test_a_stacked_grid_equals_its_runs_one_at_a_time(float64, optimizer):
         assert_same_history(history, one_at_a_time(float64, run, 2, 20))
 
 
-def test_a_grid_of_several_optimizers_runs_one_stack_each(float64):
-    runs = [Run("w_transpose", 0, 1e-2, "adamw"), Run("backprop", 0, 0.1, "sgd"),
-            Run("w_transpose", 1, 1e-2, "adamw")]
-    stacked = train_grid(float64, runs, **ARCH, epochs=1, batch_size=20, progress=False)
-    assert [h["replicates"] for h in stacked] == [2, 1, 2]
+def test_a_grid_of_every_optimizer_and_method_runs_as_one_stack(float64):
+    lrs = {"sgd": 0.05, "sgd_momentum": 0.02}
+    runs = [Run(method, seed=seed, lr=lrs.get(optimizer, 1e-2), optimizer=optimizer,
+                weight_decay=0.01 * seed)
+            for seed, (method, optimizer) in enumerate(
+                (m, o) for m in STACKED_METHODS for o in OPTIMIZERS)]
+    runs = runs[::2] + runs[1::2]  # optimizers and methods interleaved in the grid's order
+    stacked = train_grid(float64, runs, **ARCH, epochs=2, batch_size=20, progress=False)
     for run, history in zip(runs, stacked):
-        assert_same_history(history, one_at_a_time(float64, run, 1, 20))
+        assert history["replicates"] == len(runs)
+        assert_same_history(history, one_at_a_time(float64, run, 2, 20))
+    chunked = train_grid(float64, runs, **ARCH, epochs=2, batch_size=20, max_replicates=5,
+                         progress=False)
+    assert sorted(h["replicates"] for h in chunked) == [3] * 3 + [5] * 25
+    for history, whole in zip(chunked, stacked):
+        assert_same_history(history, whole)
+
+
+def test_the_stack_order_keeps_groups_and_optimizers_in_blocks():
+    """Table 1's grid (self-sharpening on StableAdamW, the rest on AdamW, two datasets): each
+    method group is one block, and each optimizer too, so the stack steps two segments."""
+    runs = [Run(method, seed, optimizer="stable_adamw" if method == "self_sharpening" else "adamw",
+                dataset=dataset)
+            for dataset in ("fashion_mnist", "mnist") for method in STACKED_METHODS
+            for seed in range(3)]
+    stack = [runs[r] for r in _order(runs)]
+    assert sorted(_order(runs)) == list(range(len(runs)))
+
+    def blocks(values):
+        return [v for i, v in enumerate(values) if i == 0 or values[i - 1] != v]
+
+    methods = blocks([run.method for run in stack])
+    assert sorted(methods) == sorted(STACKED_METHODS)
+    assert methods[-2:] == ["backprop", "directional"]  # activation space, exact, weights
+    assert blocks([run.optimizer for run in stack]) == ["stable_adamw", "adamw"]
 
 
 def test_methods_with_options_in_one_stack(float64):
@@ -87,6 +125,30 @@ def test_probes_score_each_replicate_as_its_own_run(float64):
             np.testing.assert_allclose(history[key], single[key], rtol=1e-9, err_msg=key)
 
 
+def test_a_grid_over_two_datasets_equals_its_runs_one_at_a_time_on_their_own(float64):
+    data = {name: as_float64(d) for name, d in two_datasets().items()}
+    runs = [Run(method, seed=seed, lr=1e-2, optimizer=optimizer, dataset=name,
+                probe_method="w_transpose" if method == "backprop" else None)
+            for name in ("b", "a")
+            for method, optimizer in (("self_sharpening", "stable_adamw"), ("downstream", "adamw"),
+                                      ("backprop", "sgd_momentum"), ("directional", "adamw"))
+            for seed in (0, 1)]
+    stacked = train_grid(data, runs, **ARCH, epochs=2, batch_size=20, probe_examples=30,
+                         probe_repeats=2, progress=False)
+    for run, history in zip(runs, stacked):
+        assert history["replicates"] == len(runs)
+        single = train_mlp(data[run.dataset], **ARCH, method=run.method, seed=run.seed,
+                           optimizer=run.optimizer, lr=run.lr, epochs=2, batch_size=20,
+                           probe_examples=30, probe_method=run.probe_method, probe_repeats=2)
+        assert_same_history(history, single)
+        assert len(history["cosine"]) == 3
+        for key in ("cosine", "layer_cosines", "effective_rank"):
+            np.testing.assert_allclose(history[key], single[key], rtol=1e-9, err_msg=key)
+    # the same runs on the wrong datasets differ: each replicate really saw its own
+    assert stacked[0]["test_acc"] != train_grid(data, [dataclasses.replace(runs[0], dataset="a")],
+                                                **ARCH, epochs=2, batch_size=20)[0]["test_acc"]
+
+
 def test_a_diverging_replicate_ends_its_own_history_only(float64):
     runs = [Run("backprop", 0, 1e12, "sgd"), Run("w_transpose", 0, 0.05, "sgd"),
             Run("backprop", 1, 0.05, "sgd")]
@@ -96,25 +158,18 @@ def test_a_diverging_replicate_ends_its_own_history_only(float64):
         assert_same_history(history, one_at_a_time(float64, run, 2, 20))
 
 
-class HostReads(TorchDispatchMode):
-    """Counts reads of a tensor's value by the host (`float(t)`, `bool(t)`, `t.item()`)."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
 def test_no_host_read_within_an_epoch():
     data = blobs()
     runs = [Run(method, seed=1) for method in STACKED_METHODS]
     with HostReads() as reads:
         train_stack(data, runs, **ARCH, epochs=2, batch_size=20, progress=False)
-    assert reads.count <= 2 + 3  # one per epoch of 10 steps; the optimizer's 3 set-up checks
+    assert reads.count <= 2 + 3  # one per epoch of 10 steps; the optimizer's set-up checks
+    # two datasets and every optimizer in one stack: still one read per epoch
+    runs = [Run(method, seed=1, optimizer=optimizer, dataset=name)
+            for method in STACKED_METHODS for optimizer in OPTIMIZERS for name in ("a", "b")]
+    with HostReads() as reads:
+        train_stack(two_datasets(), runs, **ARCH, epochs=2, batch_size=20, progress=False)
+    assert reads.count <= 2 + 3
     with HostReads() as single:  # the counter sees the one-at-a-time loop's reads
         train_mlp(data, **ARCH, method="w_transpose", epochs=2, batch_size=20)
     assert single.count >= 20
@@ -127,11 +182,38 @@ def test_bad_grids_are_refused():
     for method in ["w_transpose_debiased", "singular_power", "head_only"]:
         with pytest.raises(ValueError, match=f"not '{method}'"):
             train_stack(data, [Run(method)], **ARCH, epochs=1)
-    with pytest.raises(ValueError, match="one optimizer"):
-        train_stack(data, [Run("backprop"), Run("backprop", optimizer="sgd")], **ARCH, epochs=1)
     with pytest.raises(ValueError, match="epochs"):
         train_stack(data, [Run("backprop")], **ARCH, epochs=-1)
     with pytest.raises(ValueError, match="at least one run"):
         train_stack(data, [], **ARCH, epochs=1)
     with pytest.raises(ValueError, match="max_replicates"):
         train_grid(data, [Run("backprop")], **ARCH, epochs=1, max_replicates=0)
+
+
+def test_bad_datasets_are_refused():
+    data = blobs()
+    pair = two_datasets()
+    runs = [Run("backprop", dataset="a"), Run("w_transpose", dataset="b")]
+    with pytest.raises(ValueError, match="runs name datasets .'a'. but data is one Dataset"):
+        train_grid(data, [Run("backprop"), Run("backprop", dataset="a")], **ARCH, epochs=1)
+    with pytest.raises(ValueError, match="unknown dataset 'c'; the datasets given are 'a', 'b'"):
+        train_grid(pair, runs + [Run("backprop", dataset="c")], **ARCH, epochs=1)
+    with pytest.raises(ValueError, match="every run names its own"):
+        train_grid(pair, runs + [Run("backprop")], **ARCH, epochs=1)
+    b = pair["b"]
+    for other, what in [(b.subset(train_size=150), "training examples"),
+                        (blobs(dim=6, seed=1), "input features"),
+                        (blobs(classes=4, seed=1), "classes"),
+                        (as_float64(b), "dtype")]:
+        with pytest.raises(ValueError, match=f"datasets of one stack must share their {what}"):
+            train_grid({"a": pair["a"], "b": other}, runs, **ARCH, epochs=1)
+    # a dataset no run names is not checked
+    histories = train_grid({**pair, "unused": blobs(dim=6)}, runs, **ARCH, epochs=1)
+    assert [h["replicates"] for h in histories] == [2, 2]
+
+
+def test_stackable_datasets_groups_names_by_what_a_stack_shares():
+    a, b = blobs(seed=0), blobs(seed=1)
+    wider, fewer = blobs(dim=9), blobs(n=300)
+    groups = stackable_datasets({"a": a, "wide": wider, "b": b, "few": fewer})
+    assert groups == [["a", "b"], ["wide"], ["few"]]

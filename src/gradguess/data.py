@@ -269,6 +269,31 @@ def random_crop_flip(x: Tensor, generator: torch.Generator, padding: int = 4,
     return out
 
 
+def random_crop_flip_each(x: Tensor, generators, padding: int = 4, flip: bool = True) -> Tensor:
+    """`random_crop_flip` of R batches at once: ``x`` is [R, B, C, H, W] and batch r comes out
+    as ``random_crop_flip(x[r], generators[r], padding, flip)``, the same draws from its own
+    generator and the same images, in one batched gather (stacked runs, `gradguess.mixer_grid`)."""
+    r, b, c, h, w = x.shape
+    if len(generators) != r:
+        raise ValueError(f"random_crop_flip_each needs one generator per batch: {r} batches, "
+                         f"{len(generators)} generators")
+    fill = x.amin(dim=(1, 3, 4)).view(r, 1, c, 1, 1)
+    padded = fill.expand(r, b, c, h + 2 * padding, w + 2 * padding).clone()
+    padded[..., padding:padding + h, padding:padding + w] = x
+    # each generator draws the offsets and then the mirrors, as random_crop_flip draws them
+    offsets = torch.stack([torch.randint(0, 2 * padding + 1, (2, b), generator=g, device=g.device)
+                           .to(x.device) for g in generators])                        # [R, 2, B]
+    rows = (offsets[:, 0, :, None] + torch.arange(h, device=x.device))[:, :, None, :, None]
+    cols = (offsets[:, 1, :, None] + torch.arange(w, device=x.device))[:, :, None, None, :]
+    index = lambda n, dim: torch.arange(n, device=x.device).view(*[-1 if d == dim else 1 for d in range(5)])
+    out = padded[index(r, 0), index(b, 1), index(c, 2), rows, cols]                    # [R, B, C, H, W]
+    if flip:
+        mirror = torch.stack([torch.rand(b, generator=g, device=g.device).to(x.device)
+                              for g in generators]) < 0.5
+        out = torch.where(mirror[:, :, None, None, None], out.flip(-1), out)
+    return out
+
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 

@@ -1,11 +1,14 @@
 """The stacked run engine: a grid of MLP training runs side by side in batched matmuls.
 
-A grid of runs (methods x seeds x learning rates x optimizers) of one architecture is R
-independent trainings whose steps are each far too small to keep a GPU busy. Here they run as
-the R replicates of one `StackedMLP`: every layer is one batched matmul over all of them, and
-replicate r is, number for number, the run `training.train_mlp` would make alone (tests check
-this in float64 for every method and optimizer):
+A grid of runs (methods x seeds x learning rates x optimizers x datasets) of one architecture
+is R independent trainings whose steps are each far too small to keep a GPU busy. Here they
+run as the R replicates of one `StackedMLP`: every layer is one batched matmul over all of
+them, and replicate r is, number for number, the run `training.train_mlp` would make alone
+(tests check this in float64 for every method and optimizer):
 
+- its own dataset (``data`` one `Dataset` for all, or a dict of them that each `Run` names by
+  key; datasets of one stack share input features, classes and training-set size): its
+  batches come from it, and it is evaluated and probed on it;
 - its own initialisation (``torch.manual_seed(seed)`` then an `MLP`, as `train_mlp`), batch
   order (a CPU generator seeded ``seed``; inputs gathered per replicate, ``[R, B, in]``), and
   guesses (a generator seeded ``seed + 1``, `guesses.ReplicateGenerators`);
@@ -14,8 +17,9 @@ this in float64 for every method and optimizer):
   `gradguess.fused`); a weight-space guess (directional descent) carries its weight direction
   through a forward tangent pass; backprop replicates get the exact gradient from a batched
   backward pass. One forward pass serves all;
-- its own learning rate and weight decay (`optimizers.StackedOptimizer`); a stack shares one
-  optimizer kind, and `train_grid` makes one stack per optimizer.
+- its own optimizer, learning rate and weight decay (`optimizers.StackedOptimizer`, one
+  update per block of consecutive replicates of one optimizer). `train_grid` runs a whole
+  grid as one stack (or chunks of ``max_replicates``).
 
 Nothing is read back to the host during an epoch: losses, divergence (a non-finite loss or
 weight ends a replicate's history, as it ends a run) and accuracies stay on the device and are
@@ -30,6 +34,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .guesses import ReplicateGenerators
+from .histories import record_epoch
 from .losses import cross_entropy_per_example, error_vector
 from .methods import get_method
 from .models import MLP, stack_mlps
@@ -47,6 +52,7 @@ class Run:
     weight_decay: float = 0.0
     options: dict | None = None  # of the method's guess, e.g. {"k": 2} for downstream
     probe_method: str | None = None  # whose guesses `train_stack`'s probes score (default: method)
+    dataset: str | None = None  # its key in a dict of datasets (None: ``data`` is one Dataset)
 
     def group(self) -> tuple[str, str]:
         """Runs of one group share a method and its options."""
@@ -190,12 +196,87 @@ def _weight_space(model, inputs, pre, error, method, options, lo, hi, generators
                   out=p.grad[lo:hi])
 
 
+_RANK = {"activations": 0, "exact": 1, "weights": 2}
+
+
 def _order(runs: list[Run]) -> list[int]:
     """Stack order: activation-space methods first (grouped), then backprop, then weight
-    space, so each estimator works on one contiguous block of replicates."""
-    rank = {"activations": 0, "exact": 1, "weights": 2}
-    return sorted(range(len(runs)), key=lambda r: (rank[get_method(runs[r].method).space],
-                                                   runs[r].group()))
+    space, so each estimator works on one contiguous block of replicates; within a group,
+    runs are sorted by optimizer, so that an optimizer's update covers blocks of consecutive
+    replicates (`StackedOptimizer`'s segments). To keep those blocks few, within each space an
+    optimizer that the previous spaces also use comes first and one that later spaces use
+    comes last (groups are placed by their optimizers' places). Otherwise the order of
+    ``runs`` is kept (the sort is stable)."""
+    space = [_RANK[get_method(run.method).space] for run in runs]
+    used = [{run.optimizer for run, s in zip(runs, space) if s == k} for k in range(len(_RANK))]
+
+    def place(optimizer: str, k: int) -> tuple:
+        later = any(optimizer in u for u in used[k + 1:])
+        earlier = any(optimizer in u for u in used[:k])
+        return later - earlier, optimizer
+
+    group_place = {}
+    for run, k in zip(runs, space):
+        key = (k, run.group())
+        group_place[key] = min(group_place.get(key, place(run.optimizer, k)),
+                               place(run.optimizer, k))
+    return sorted(range(len(runs)), key=lambda r: (
+        space[r], group_place[space[r], runs[r].group()], runs[r].group(),
+        place(runs[r].optimizer, space[r])))
+
+
+def _datasets(data, runs: list[Run]) -> tuple[list, list[int]]:
+    """The datasets a stack of ``runs`` uses and, per run, the index of its own among them.
+    ``data`` is one `Dataset` (every run's ``dataset`` None) or a dict of them by name (every
+    run names one); those used must share input features, classes, training-set size,
+    device and dtype."""
+    if not isinstance(data, dict):
+        named = sorted({run.dataset for run in runs if run.dataset is not None})
+        if named:
+            raise ValueError(f"runs name datasets ({', '.join(map(repr, named))}) but data is "
+                             "one Dataset: pass a dict {name: Dataset}, or leave Run.dataset None")
+        return [data], [0] * len(runs)
+    names = []
+    for run in runs:
+        if run.dataset is None:
+            raise ValueError(f"data is a dict of datasets ({', '.join(map(repr, data))}): every "
+                             f"run names its own, but {run} names none")
+        if run.dataset not in data:
+            raise ValueError(f"unknown dataset {run.dataset!r}; the datasets given are "
+                             f"{', '.join(map(repr, data))}")
+        if run.dataset not in names:
+            names.append(run.dataset)
+    used = [data[name] for name in names]
+    first = used[0]
+    for name, d in zip(names, used):
+        for what, get in (("input features", lambda d: d.in_features),
+                          ("classes", lambda d: d.num_classes),
+                          ("training examples", lambda d: len(d.train_y)),
+                          ("device", lambda d: d.train_x.device),
+                          ("dtype", lambda d: d.train_x.dtype)):
+            if get(d) != get(first):
+                raise ValueError(f"datasets of one stack must share their {what}: "
+                                 f"{names[0]!r} has {get(first)}, {name!r} has {get(d)}")
+    return used, [names.index(run.dataset) for run in runs]
+
+
+def stackable_datasets(data: dict) -> list[list[str]]:
+    """The names of ``data`` ({name: Dataset}) in groups that one stack can train together
+    (sharing input features, classes, training-set size, device and dtype, as `train_stack`
+    requires), in the order the names first appear."""
+    groups = {}
+    for name, d in data.items():
+        shape = (d.in_features, d.num_classes, len(d.train_y), d.train_x.device, d.train_x.dtype)
+        groups.setdefault(shape, []).append(name)
+    return list(groups.values())
+
+
+def _per_dataset(values: list[Tensor], index: Tensor | None) -> Tensor:
+    """Replicate r's entry of ``values[its dataset]`` ([R] each): the evaluation of the whole
+    stack on every dataset, each replicate's row picked from its own."""
+    if index is None:
+        return values[0]
+    return torch.stack(values).gather(0, index.view(1, -1)).squeeze(0)
 
 
 @torch.no_grad()
@@ -208,13 +289,18 @@ def _correct(model, x: Tensor, y: Tensor, batch_size: int = 4096) -> Tensor:
 def train_stack(data, runs, *, depth: int, width: int, epochs: int, batch_size: int = 128,
                 probe_examples: int = 0, probe_repeats: int = 1,
                 progress: bool = False) -> list[dict]:
-    """Train ``runs`` (`Run`s sharing one optimizer) side by side on ``data`` for ``epochs``.
+    """Train ``runs`` (`Run`s, of any methods the stack runs and any optimizers) side by side
+    for ``epochs``, each on its own dataset: ``data`` is one `Dataset` for every run (whose
+    ``dataset`` is then None) or a dict ``{name: Dataset}`` whose key each run names; the
+    datasets a stack uses share input features, classes and training-set size (test sets may
+    differ).
 
     Returns, in the order of ``runs``, the history `training.train_mlp` would return for each
-    run alone (per-epoch ``train_acc``, ``test_acc``, ``train_loss``, ``diverged``,
-    ``diverged_at_step``, ``steps``), with ``seconds`` the stack's wall time and
+    run alone on its dataset (per-epoch ``train_acc``, ``test_acc``, ``train_loss``,
+    ``diverged``, ``diverged_at_step``, ``steps``), with ``seconds`` the stack's wall time and
     ``replicates`` its size. With ``probe_examples`` > 0 every replicate is probed as
-    `train_mlp` probes a run (`training.probe`, before the first epoch and after each one).
+    `train_mlp` probes a run (`training.probe`, before the first epoch and after each one, on
+    its own dataset). Each epoch evaluates the whole stack on every dataset it uses.
     """
     runs = [Run(**r) if isinstance(r, dict) else r for r in runs]
     if not runs:
@@ -223,11 +309,11 @@ def train_stack(data, runs, *, depth: int, width: int, epochs: int, batch_size: 
         if not _stackable(get_method(run.method)):
             raise ValueError(f"the stacked engine runs activation-space methods with a per-layer "
                              f"guess, weight-space guesses and backprop, not {run.method!r}")
-    if len({run.optimizer for run in runs}) != 1:
-        raise ValueError("a stack shares one optimizer; `train_grid` splits a grid by optimizer")
     if not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
-    n, device, dtype = len(data.train_y), data.train_x.device, data.train_x.dtype
+    datasets, which = _datasets(data, runs)
+    first = datasets[0]
+    n, device, dtype = len(first.train_y), first.train_x.device, first.train_x.dtype
     if not isinstance(batch_size, int) or not 1 <= batch_size <= n:
         raise ValueError(f"batch_size must be an integer in 1..{n} (the training set), "
                          f"got {batch_size!r}")
@@ -236,33 +322,42 @@ def train_stack(data, runs, *, depth: int, width: int, epochs: int, batch_size: 
     mlps = []
     for run in stack:
         torch.manual_seed(run.seed)  # as train_mlp initialises a run
-        mlps.append(MLP(data.in_features, width, depth, data.num_classes))
+        mlps.append(MLP(first.in_features, width, depth, first.num_classes))
     model = stack_mlps(mlps).to(device=device, dtype=dtype)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
-    opt = StackedOptimizer(model.parameters(), stack[0].optimizer, [r.lr for r in stack],
-                           [r.weight_decay for r in stack])
+    opt = StackedOptimizer(model.parameters(), [r.optimizer for r in stack],
+                           [r.lr for r in stack], [r.weight_decay for r in stack])
     order_rngs = [torch.Generator().manual_seed(run.seed) for run in stack]
     generators = [torch.Generator(device=device).manual_seed(run.seed + 1) for run in stack]
     groups = _groups(stack)
     R, steps_per_epoch = len(stack), n // batch_size
-    train_x = data.train_x.flatten(1)
+    if len(datasets) == 1:
+        train_x, train_y, offset, index = first.train_x.flatten(1), first.train_y, None, None
+    else:  # the training sets end to end; replicate r's indices shifted into its own
+        train_x = torch.cat([d.train_x.flatten(1) for d in datasets])
+        train_y = torch.cat([d.train_y for d in datasets])
+        index = torch.tensor([which[r] for r in order], device=device)
+        offset = (index * n).view(-1, 1)
 
     diverged = torch.zeros(R, dtype=torch.bool, device=device)
     diverged_at = torch.zeros(R, dtype=torch.long, device=device)
     histories = [{"train_acc": [], "test_acc": [], "train_loss": [], "diverged": False,
                   "diverged_at_step": None, "steps": 0} for _ in stack]
-    probes = _Probes(data, stack, probe_examples, probe_repeats)
+    probes = _Probes([datasets[which[r]] for r in order], stack, probe_examples, probe_repeats)
     probes.observe(model, histories, range(R))
     start, step = time.perf_counter(), 0
+    optimizers = ", ".join(dict.fromkeys(run.optimizer for run in stack))
     bar = tqdm(total=epochs * steps_per_epoch, disable=not progress, leave=False,
-               desc=f"stack of {R} ({depth}x{width}, {stack[0].optimizer})")
+               desc=f"stack of {R} ({depth}x{width}, {optimizers})")
     for _ in range(epochs):
         batches = torch.stack([torch.randperm(n, generator=g) for g in order_rngs]).to(device)
+        if offset is not None:
+            batches += offset
         loss_sum = torch.zeros(R, dtype=torch.float64, device=device)
         for i in range(0, steps_per_epoch * batch_size, batch_size):
             idx = batches[:, i:i + batch_size]
-            loss = stacked_step(model, train_x[idx], data.train_y[idx], groups, generators)
+            loss = stacked_step(model, train_x[idx], train_y[idx], groups, generators)
             opt.step()
             step += 1
             bad = ~torch.isfinite(loss)
@@ -273,25 +368,13 @@ def train_stack(data, runs, *, depth: int, width: int, epochs: int, batch_size: 
             loss_sum += loss.nan_to_num().double()
             bar.update()
         # the epoch's one read back: losses, accuracies, divergence
-        correct_train = _correct(model, data.train_x, data.train_y)
-        correct_test = _correct(model, data.test_x, data.test_y)
-        read = torch.stack([loss_sum / steps_per_epoch, correct_train.double() / n,
-                            correct_test.double() / len(data.test_y), diverged.double(),
+        train_acc = _per_dataset([_correct(model, d.train_x, d.train_y).double() / n
+                                  for d in datasets], index)
+        test_acc = _per_dataset([_correct(model, d.test_x, d.test_y).double() / len(d.test_y)
+                                 for d in datasets], index)
+        read = torch.stack([loss_sum / steps_per_epoch, train_acc, test_acc, diverged.double(),
                             diverged_at.double()]).tolist()
-        going = []
-        for r, history in enumerate(histories):
-            if history["diverged"]:
-                continue
-            if read[3][r]:
-                history["diverged"], history["diverged_at_step"] = True, int(read[4][r])
-                history["steps"] = int(read[4][r])
-                continue
-            history["steps"] = step
-            history["train_loss"].append(read[0][r])
-            history["train_acc"].append(read[1][r])
-            history["test_acc"].append(read[2][r])
-            going.append(r)
-        probes.observe(model, histories, going)
+        probes.observe(model, histories, record_epoch(histories, read, step))
         if all(h["diverged"] for h in histories):
             break
         bar.set_postfix(train=f"{max(read[1]):.3f}")
@@ -305,19 +388,20 @@ def train_stack(data, runs, *, depth: int, width: int, epochs: int, batch_size: 
 
 class _Probes:
     """`training.probe` of replicates, once per epoch (outside the step loop): each replicate
-    as its own `MLP`, on the first ``examples`` training images, with a generator seeded
-    ``seed + 1000``, as `training.train_mlp` probes a run."""
+    as its own `MLP`, on the first ``examples`` training images of its own dataset
+    (``datasets[r]``), with a generator seeded ``seed + 1000``, as `training.train_mlp`
+    probes a run."""
 
-    def __init__(self, data, stack, examples: int, repeats: int):
-        self.x, self.y = data.train_x[:examples], data.train_y[:examples]
+    def __init__(self, datasets, stack, examples: int, repeats: int):
+        self.batches = [(d.train_x[:examples], d.train_y[:examples]) for d in datasets]
         self.examples, self.repeats, self.stack = examples, repeats, stack
-        self.rngs = [torch.Generator(device=data.train_x.device).manual_seed(run.seed + 1000)
-                     for run in stack] if examples else []
+        self.rngs = [torch.Generator(device=d.train_x.device).manual_seed(run.seed + 1000)
+                     for d, run in zip(datasets, stack)] if examples else []
 
     def observe(self, model, histories, replicates) -> None:
         for r in replicates if self.examples else ():
-            run = self.stack[r]
-            scores = probe(model.unstack(r), self.x, self.y, run.probe_method or run.method,
+            run, (x, y) = self.stack[r], self.batches[r]
+            scores = probe(model.unstack(r), x, y, run.probe_method or run.method,
                            self.rngs[r], repeats=self.repeats)
             for key, value in scores.items():
                 histories[r].setdefault(key, []).append(value)
@@ -326,21 +410,22 @@ class _Probes:
 def train_grid(data, runs, *, depth: int, width: int, epochs: int, batch_size: int = 128,
                max_replicates: int | None = None, probe_examples: int = 0,
                probe_repeats: int = 1, progress: bool = False) -> list[dict]:
-    """`train_stack` over a grid of ``runs`` of one architecture: one stack per optimizer
-    (at most ``max_replicates`` runs each, to bound memory). Histories in ``runs``' order."""
+    """`train_stack` over a grid of ``runs`` of one architecture (any methods the stack runs,
+    any optimizers; ``data`` one `Dataset` or a dict of them that the runs name): one stack,
+    or with ``max_replicates`` consecutive chunks of the stack's order of at most that many
+    runs each, to bound memory. Histories in ``runs``' order."""
     runs = [Run(**r) if isinstance(r, dict) else r for r in runs]
     if max_replicates is not None and (not isinstance(max_replicates, int) or max_replicates < 1):
         raise ValueError(f"max_replicates must be an integer >= 1 or None, got {max_replicates!r}")
+    members = _order(runs)
+    size = max_replicates or len(members)
     result = [None] * len(runs)
-    for optimizer in dict.fromkeys(run.optimizer for run in runs):
-        members = [r for r, run in enumerate(runs) if run.optimizer == optimizer]
-        size = max_replicates or len(members)
-        for chunk in range(0, len(members), size):
-            part = members[chunk:chunk + size]
-            histories = train_stack(data, [runs[r] for r in part], depth=depth, width=width,
-                                    epochs=epochs, batch_size=batch_size,
-                                    probe_examples=probe_examples, probe_repeats=probe_repeats,
-                                    progress=progress)
-            for r, history in zip(part, histories):
-                result[r] = history
+    for chunk in range(0, len(members), size):
+        part = members[chunk:chunk + size]
+        histories = train_stack(data, [runs[r] for r in part], depth=depth, width=width,
+                                epochs=epochs, batch_size=batch_size,
+                                probe_examples=probe_examples, probe_repeats=probe_repeats,
+                                progress=progress)
+        for r, history in zip(part, histories):
+            result[r] = history
     return result

@@ -1,6 +1,7 @@
-"""Numbers read off training histories (the dicts `gradguess.training.train` returns): a run's
-final accuracy, its mean over the last epochs, the best of a learning-rate sweep, the mean and
-spread over seeds, collapses, and when a curve gets half-way.
+"""Training histories (the dicts `gradguess.training.train` returns): how a stack of runs
+records an epoch in them, and the numbers read off them: a run's final accuracy, its mean over
+the last epochs, the best of a learning-rate sweep, the mean and spread over seeds, collapses,
+and when a curve gets half-way.
 
 A diverged run has no final accuracy (NaN): it is counted as diverged, never as a number.
 """
@@ -52,3 +53,25 @@ def half_way(steps, curve) -> float:
     start, end = curve[0], curve[-1]
     passed = np.nonzero((curve - start) * np.sign(end - start) >= 0.5 * abs(end - start))[0]
     return float(steps[passed[0]]) if len(passed) else float("nan")
+
+
+def record_epoch(histories: list[dict], read: list[list[float]], step: int) -> list[int]:
+    """Append one epoch of a stack of runs to their histories (`grid`, `mixer_grid`): ``read``
+    is [mean loss, train accuracy, test accuracy, diverged (0/1), step it diverged at], each
+    a list over the replicates, read back once. A run that diverged within the epoch records
+    the step and not the epoch, as `training.train` ends a run; runs that had diverged before
+    are left as they are. Returns the replicates still going."""
+    going = []
+    for r, history in enumerate(histories):
+        if history["diverged"]:
+            continue
+        if read[3][r]:
+            history["diverged"], history["diverged_at_step"] = True, int(read[4][r])
+            history["steps"] = int(read[4][r])
+            continue
+        history["steps"] = step
+        history["train_loss"].append(read[0][r])
+        history["train_acc"].append(read[1][r])
+        history["test_acc"].append(read[2][r])
+        going.append(r)
+    return going

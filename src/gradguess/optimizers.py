@@ -1,7 +1,8 @@
 """The optimizers every run uses: `make_optimizer` builds one for a single run (AdamW, SGD without
 and with momentum, or torch-optimi's StableAdamW), and `StackedOptimizer` steps R replicates side
 by side, every parameter shaped [R, ...] as in `models.StackedMLP`, each replicate with its own
-learning rate and weight decay, replicate r moving exactly as `make_optimizer` would move it alone.
+optimizer, learning rate and weight decay, replicate r moving exactly as `make_optimizer` would
+move it alone.
 The stacked step is plain tensor ops with no host synchronisation, so a GPU never waits on it."""
 import torch
 
@@ -29,9 +30,14 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0,
 
 
 class StackedOptimizer:
-    """R replicates' optimizer side by side: every parameter is [R, ...] and replicate r steps
-    exactly as `make_optimizer(name, [that replicate's slice], lr[r], weight_decay[r])` would
-    step it alone. With g the gradient, t the step, lr and wd replicate r's values:
+    """R replicates' optimizers side by side: every parameter is [R, ...] and replicate r steps
+    exactly as `make_optimizer(name[r], [that replicate's slice], lr[r], weight_decay[r])` would
+    step it alone. ``name`` is one optimizer for every replicate or one per replicate; each
+    block of consecutive replicates of one optimizer is a segment ``(name, lo, hi)`` (see
+    ``segments``) whose update runs on the views ``p[lo:hi]``, ``p.grad[lo:hi]`` with its own
+    state, so a stack of one optimizer keeps one whole-tensor update per parameter and a
+    mixed stack pays one update per segment. With g the gradient, t the step, lr and wd
+    replicate r's values:
 
     - adamw (torch defaults b1 0.9, b2 0.999, eps 1e-8): p <- p (1 - lr wd);
       m <- b1 m + (1-b1) g; v <- b2 v + (1-b2) g^2;
@@ -44,21 +50,35 @@ class StackedOptimizer:
       rms = sqrt(mean over p[r] of g^2 / max(v, eps^2)); lr' = lr / max(1, rms);
       p <- p (1 - lr' wd); p <- p - lr' m / (sqrt(v) + eps)
       optimi pools rms over the whole tensor; here it is pooled over each replicate's slice.
+      t counts calls of `step` (optimi counts steps per parameter group).
 
     Replicates never mix: every reduction is per replicate, so a NaN in one replicate's gradient
     leaves the others' updates untouched. `step` makes no host synchronisation."""
 
-    def __init__(self, params, name: str, lr, weight_decay=0.0, momentum: float = 0.9):
-        if name not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {name!r}; known optimizers: "
-                             f"{', '.join(OPTIMIZERS)}")
-        self.params, self.name, self.momentum = list(params), name, momentum
+    def __init__(self, params, name, lr, weight_decay=0.0, momentum: float = 0.9):
+        names = [name] if isinstance(name, str) else list(name)
+        for n in names:
+            if n not in OPTIMIZERS:
+                raise ValueError(f"unknown optimizer {n!r}; known optimizers: "
+                                 f"{', '.join(OPTIMIZERS)}")
+        self.params, self.momentum = list(params), momentum
         if not self.params or any(p.dim() == 0 for p in self.params):
             raise ValueError("need at least one parameter, each shaped [R, ...]")
-        self.replicates = self.params[0].shape[0]
-        if any(p.shape[0] != self.replicates for p in self.params):
+        self.replicates = R = self.params[0].shape[0]
+        if any(p.shape[0] != R for p in self.params):
             raise ValueError(f"every parameter needs the same leading (replicate) dimension; got "
                              f"{sorted({p.shape[0] for p in self.params})}")
+        if isinstance(name, str):
+            names = names * R
+        elif len(names) != R:
+            raise ValueError(f"name needs one optimizer or {R} (one per replicate, the "
+                             f"parameters' leading dimension), got {len(names)}")
+        self.name = name if isinstance(name, str) else tuple(names)  # one, or one per replicate
+        self.segments = []  # (name, lo, hi): the blocks of consecutive replicates of one optimizer
+        for r in range(1, R + 1):
+            lo = self.segments[-1][2] if self.segments else 0
+            if r == R or names[r] != names[lo]:
+                self.segments.append((names[lo], lo, r))
         lr = self._per_replicate("lr", lr)
         weight_decay = self._per_replicate("weight_decay", weight_decay)
         if not (lr > 0).all():
@@ -66,11 +86,16 @@ class StackedOptimizer:
         if not (weight_decay >= 0).all():
             raise ValueError(f"weight decay must be >= 0 for every replicate, "
                              f"got {weight_decay.tolist()}")
-        self.decay = bool((weight_decay != 0).any())  # known on the host: skip the work when all 0
-        # per parameter, on its device and dtype, shaped [R, 1, ...] to broadcast against it
-        self.lr = [self._broadcast(lr, p) for p in self.params]
-        self.weight_decay = [self._broadcast(weight_decay, p) for p in self.params]
-        self.state = [{} for _ in self.params]
+        # known on the host: a segment whose weight decays are all 0 skips the work
+        decays = (weight_decay != 0).tolist()
+        self.decay = [any(decays[lo:hi]) for _, lo, hi in self.segments]
+        # per parameter and segment, on its device and dtype, shaped [hi - lo, 1, ...] to
+        # broadcast against the parameter's segment
+        self.lr = [[self._broadcast(lr[lo:hi], p) for _, lo, hi in self.segments]
+                   for p in self.params]
+        self.weight_decay = [[self._broadcast(weight_decay[lo:hi], p)
+                              for _, lo, hi in self.segments] for p in self.params]
+        self.state = [[{} for _ in self.segments] for _ in self.params]
         self.steps = 0  # calls of step(); optimi's step counter is per group, torch's per parameter
 
     def _per_replicate(self, what: str, value) -> torch.Tensor:
@@ -95,11 +120,17 @@ class StackedOptimizer:
     @torch.no_grad()
     def step(self) -> None:
         self.steps += 1
-        for p, lr, wd, state in zip(self.params, self.lr, self.weight_decay, self.state):
+        whole = len(self.segments) == 1  # one optimizer: the whole tensors, no slicing
+        for p, lrs, wds, states in zip(self.params, self.lr, self.weight_decay, self.state):
             if p.grad is None:
                 continue
-            state["step"] = state.get("step", 0) + 1
-            getattr(self, f"_{self.name}")(p, p.grad, lr, wd, state)
+            for (name, lo, hi), lr, wd, decay, state in zip(self.segments, lrs, wds, self.decay,
+                                                             states):
+                state["step"] = state.get("step", 0) + 1
+                if whole:
+                    getattr(self, f"_{name}")(p, p.grad, lr, wd, decay, state)
+                else:
+                    getattr(self, f"_{name}")(p[lo:hi], p.grad[lo:hi], lr, wd, decay, state)
 
     @staticmethod
     def _moments(p, state):
@@ -108,11 +139,11 @@ class StackedOptimizer:
             state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
         return state["exp_avg"], state["exp_avg_sq"]
 
-    def _adamw(self, p, g, lr, wd, state, betas=(0.9, 0.999), eps=1e-8):
+    def _adamw(self, p, g, lr, wd, decay, state, betas=(0.9, 0.999), eps=1e-8):
         """torch.optim.AdamW's single-tensor step with a per-replicate lr and wd."""
         b1, b2, t = *betas, state["step"]
         m, v = self._moments(p, state)
-        if self.decay:
+        if decay:
             p.mul_(1 - lr * wd)  # decoupled: before the moments, as torch does
         m.lerp_(g, 1 - b1)
         v.mul_(b2).addcmul_(g, g, value=1 - b2)
@@ -120,11 +151,11 @@ class StackedOptimizer:
         denom = v.sqrt().div_((1 - b2 ** t) ** 0.5).add_(eps).div_(lr / (1 - b1 ** t))
         p.addcdiv_(m, denom, value=-1)
 
-    def _sgd(self, p, g, lr, wd, state):
+    def _sgd(self, p, g, lr, wd, decay, state, momentum: bool = False):
         """torch.optim.SGD's single-tensor step (dampening 0, no Nesterov)."""
-        if self.decay:
+        if decay:
             g = torch.addcmul(g, p, wd)  # coupled: weight decay is part of the gradient
-        if self.name == "sgd_momentum":
+        if momentum:
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = g.clone()  # torch's first step: buffer = gradient
             else:
@@ -132,9 +163,10 @@ class StackedOptimizer:
             g = state["momentum_buffer"]
         p.addcmul_(g, lr, value=-1)
 
-    _sgd_momentum = _sgd
+    def _sgd_momentum(self, p, g, lr, wd, decay, state):
+        self._sgd(p, g, lr, wd, decay, state, momentum=True)
 
-    def _stable_adamw(self, p, g, lr, wd, state, betas=(0.9, 0.99), eps=1e-6):
+    def _stable_adamw(self, p, g, lr, wd, decay, state, betas=(0.9, 0.99), eps=1e-6):
         """optimi's StableAdamW (`_single_param_stableadamw`, its defaults), RMS per replicate."""
         t = self.steps
         b1_hat, b2_hat = ((b ** t - b) / (b ** t - 1) for b in betas)  # optimi's debias_beta
@@ -145,6 +177,6 @@ class StackedOptimizer:
         rms = rms.view_as(lr)
         # optimi's Python max(1, rms): 1 unless rms > 1, so a NaN rms leaves lr as it is
         lr = lr / torch.where(rms > 1, rms, 1.0)
-        if self.decay:
+        if decay:
             p.mul_(1 - lr * wd)  # optimi's default: decoupled, scaled by the clipped lr
         p.addcdiv_(m, v.sqrt().add_(eps).div_(lr), value=-1)

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torchvision.models import VisionTransformer, vit_b_16
 
-from .losses import error_vector
+from .losses import cross_entropy_per_example, error_vector
 from .methods import get_method, method_names
 
 # backprop, the head-only baseline, and every method with a guess of the prompts
@@ -151,6 +151,117 @@ def estimate_prompt_gradient(model: PromptedViT, x: Tensor, targets: Tensor, met
         else:  # per example: the batch mean of (g_b . y_b) y_b
             model.prompts.grad = (derivative[:, None, None] * y).mean(0)
     return F.cross_entropy(logits, targets)
+
+
+# --- R prompt-tuning runs side by side (`training.tune_prompt_stack`) ----------------------
+# Stack order: backprop's replicates first, then the baseline's, then every guessed one, so
+# that each kind of pass (autograd, plain forward, one JVP) covers one contiguous block.
+_STACK_RANK = {"exact": 0, "none": 1, "weights": 2, "activations": 2}
+
+
+def prompt_stack_order(methods) -> list[int]:
+    """The replicates' positions in a stack (`estimate_stacked_prompt_gradients`): sorted by
+    kind of pass, stably, so that runs of one kind keep their order."""
+    return sorted(range(len(methods)), key=lambda r: _STACK_RANK[get_method(methods[r]).space])
+
+
+class _Replicate:
+    """Replicate r of a stack as a prompt guess sees a model: its prompts [P, D] (a view of
+    the stack) and the shared backbone's W_qkv."""
+
+    def __init__(self, model: PromptedViT, prompts: Tensor):
+        self.prompts, self._model = prompts, model
+
+    def qkv_weight(self) -> Tensor:
+        return self._model.qkv_weight()
+
+
+def estimate_stacked_prompt_gradients(model: PromptedViT, prompts: Tensor, weight: Tensor,
+                                      bias: Tensor, x: Tensor, targets: Tensor, methods,
+                                      generators) -> Tensor:
+    """`estimate_prompt_gradient` for R replicates on one frozen backbone in one go.
+
+    Replicate r has prompts ``prompts[r]`` [P, D], a head ``weight[r]`` [C, D], ``bias[r]``
+    [C], a batch ``x[r]`` [B, 3, H, W] with ``targets[r]`` [B], a method ``methods[r]`` and a
+    generator ``generators[r]`` for its guesses (None where it guesses nothing). Its gradient,
+    written into ``prompts.grad``, ``weight.grad`` and ``bias.grad`` (row r), is the one
+    `estimate_prompt_gradient` writes for that replicate alone, up to float rounding, and its
+    guesses are drawn from its own generator in the same order; a head-only replicate's prompt
+    gradient is 0 (an elementwise optimizer leaves its prompts as they are). ``methods`` must
+    be in `prompt_stack_order`. ``model`` only lends its backbone (its prompts and head are
+    not read). Returns every replicate's batch-mean loss [R], on the device: nothing is read
+    back to the host.
+
+    Each kind of replicate takes one backbone pass over all its examples, every example with
+    its replicate's prompts (`PromptedViT.features` takes per-example prompts): backprop's
+    with autograd, the baseline's without, and every guessed method's together in one JVP with
+    per-example tangents. Replicates never mix: the backbone treats examples independently, so
+    a NaN in one replicate leaves the others' numbers untouched.
+    """
+    for method in methods:
+        if method not in PROMPT_METHODS:
+            raise ValueError(f"unknown prompt method {method!r}; known: "
+                             f"{', '.join(PROMPT_METHODS)}")
+    R, B = targets.shape
+    P, D = prompts.shape[1:]
+    if prompts.shape[0] != R or len(methods) != R or len(generators) != R or x.shape[:2] != (R, B):
+        raise ValueError(f"prompts, x, targets, methods and generators need one entry per "
+                         f"replicate ({R}); got {prompts.shape[0]}, {tuple(x.shape[:2])}, "
+                         f"{len(methods)}, {len(generators)}")
+    kinds = [_STACK_RANK[get_method(method).space] for method in methods]
+    if kinds != sorted(kinds):
+        raise ValueError("methods must be in prompt_stack_order (backprop, head only, guessed)")
+    blocks = [(kind, kinds.index(kind), R - kinds[::-1].index(kind))
+              for kind in sorted(set(kinds))]
+
+    def repeated(lo, hi):
+        """Each replicate's prompts over its B examples, [(hi - lo) B, P, D]: a copy, as the
+        single run's (forward AD refuses a primal whose elements alias one another)."""
+        return prompts[lo:hi, None].expand(-1, B, -1, -1).contiguous().view(-1, P, D)
+
+    features, backprop, guessed = [], None, None
+    for kind, lo, hi in blocks:
+        xs = x[lo:hi].flatten(0, 1)
+        if kind == 0:  # backprop: autograd through the stacked prompts, into the features only
+            with torch.enable_grad():
+                leaf = prompts[lo:hi].detach().requires_grad_(True)
+                traced = model.features(xs, leaf[:, None].expand(-1, B, -1, -1).reshape(-1, P, D))
+            backprop = (leaf, traced, lo, hi)
+            features.append(traced.detach())
+        elif kind == 1:  # the baseline: prompts left at their initialisation
+            with torch.no_grad():
+                features.append(model.features(xs, repeated(lo, hi)))
+        else:  # guessed: each replicate's guess from its own generator, one JVP for all
+            ys = [get_method(methods[r]).prompt_guess(_Replicate(model, prompts[r]), B,
+                                                      generators[r]).expand(B, P, D)
+                  for r in range(lo, hi)]
+            tangent = torch.cat(ys)  # [G B, P, D]: a direction [P, D] repeats over its batch
+            with torch.no_grad(), forward_mode_attention():
+                f, t = torch.func.jvp(lambda p, xs=xs: model.features(xs, p), (repeated(lo, hi),),
+                                      (tangent,))
+            guessed = (tangent, t, lo, hi)
+            features.append(f)
+    with torch.no_grad():
+        f = torch.cat(features).view(R, B, D)
+        logits = torch.baddbmm(bias[:, None], f, weight.transpose(1, 2))
+        error = error_vector(logits, targets)  # softmax - onehot [R, B, C]
+        weight.grad = error.transpose(1, 2) @ f / B  # exact, as `_write_exact_head_grad`
+        bias.grad = error.sum(1) / B
+        loss = cross_entropy_per_example(logits, targets).mean(-1)
+        grad = torch.zeros_like(prompts)  # head only: 0
+    if backprop is not None:  # dL/df_b = W^T error_b / B, pulled back to the prompts
+        leaf, traced, lo, hi = backprop
+        upstream = (error[lo:hi] @ weight[lo:hi]).flatten(0, 1) / B
+        grad[lo:hi] = torch.autograd.grad(traced, leaf, upstream)[0]
+    if guessed is not None:
+        tangent, t, lo, hi = guessed
+        G = hi - lo
+        with torch.no_grad():  # g_b . y_b = error_b . W t_b; the update is mean_b (g_b . y_b) y_b
+            derivative = (error[lo:hi] * (t.view(G, B, D) @ weight[lo:hi].transpose(1, 2))).sum(-1)
+            # for a direction y (one per batch) this is (mean_b g_b . y) y, as the single run's
+            grad[lo:hi] = torch.einsum("gb,gbpd->gpd", derivative, tangent.view(G, B, P, D)) / B
+    prompts.grad = grad
+    return loss
 
 
 def prompt_cosine(model: PromptedViT, x: Tensor, targets: Tensor, method: str, generator,

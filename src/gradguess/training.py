@@ -208,7 +208,8 @@ def train_mixer(data, *, method: str, local: bool, epochs: int, seed: int = 0,
                 augment: bool = False, optimizer: str = "adamw", lr: float = 1e-2,
                 batch_size: int = 128, **architecture) -> dict:
     """One LocalMixer run (`gradguess.mixer.LocalMixer`, ``architecture`` its keywords: patch,
-    channels, blocks, groups, ...), initialised from ``seed`` and trained by `train`."""
+    channels, blocks, groups, ...), initialised from ``seed`` and trained by `train`.
+    `gradguess.mixer_grid.train_mixer_stack` trains several side by side, each the same."""
     from .mixer import LocalMixer
 
     torch.manual_seed(seed)
@@ -393,3 +394,131 @@ def train_prompts(model, data, method: str, *, steps: int, eval_every: int,
             observe(step)
     history["seconds"] = time.perf_counter() - start
     return history
+
+
+def _stacked_endless_batches(n: int, batch_size: int, generators, device):
+    """`_endless_batches` for R generators side by side: per step [R, B], row r the batch that
+    `_endless_batches(n, batch_size, generators[r], device)` gives at that step (the same
+    draws), with one copy to the device per epoch for all R."""
+    while True:
+        order = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(device)
+        for i in range(0, n - batch_size + 1, batch_size):  # drop the ragged last batch
+            yield order[:, i:i + batch_size]
+
+
+def tune_prompt_stack(backbone, data, methods_and_seeds, *, prompts: int, steps: int,
+                      eval_every: int, batch_size: int = 64, lr: float = 1e-2,
+                      optimizer: str = "adamw", cosine_repeats: int = 4,
+                      progress: bool = False) -> list[dict]:
+    """`tune_prompts` for R (method, seed) runs on one frozen ``backbone`` and one ``data``,
+    side by side: one history per run, in the order of ``methods_and_seeds``, each the one
+    `tune_prompts(backbone, data, method, prompts=..., seed=seed, steps=..., ...)` returns
+    for that run alone (same keys, same values up to float rounding), but ``seconds``: the
+    stack's wall time.
+
+    Run r is initialised as `tune_prompts` initialises it (``torch.manual_seed(seed)``, then a
+    `PromptedViT`), draws its batches from a CPU generator seeded ``seed``, its guesses from
+    one seeded ``seed + 1`` and its cosine probes from one seeded ``seed + 3`` (both on the
+    data's device), and is observed at step 0 and every ``eval_every`` steps. A run whose loss
+    turns non-finite stops recording there (``diverged``), as its single run stops; the
+    others go on (its rows are still computed, their NaNs kept to themselves, until every run
+    has diverged).
+
+    The runs' prompts [R, P, D] and heads [R, C, D], [R, C] are stacked: a step is one backbone
+    pass per kind of method over all its runs' examples, R * B at most
+    (`prompts.estimate_stacked_prompt_gradients`), and one `StackedOptimizer` step, which
+    moves every run as its own optimizer would (elementwise; StableAdamW's clipping is pooled
+    per run). The step loop reads nothing back to the host: losses stay on the device until
+    an observation (or the end) reads them once, which is also when divergence is seen; the
+    batches' order goes to the device once per epoch for all runs. Observations loop over the
+    runs, each as its own `PromptedViT`.
+    """
+    from .optimizers import StackedOptimizer
+    from .prompts import (PROMPT_METHODS, PromptedViT, estimate_stacked_prompt_gradients,
+                          prompt_cosine, prompt_stack_order)  # torchvision, only here
+
+    runs = list(methods_and_seeds)
+    if not runs:
+        raise ValueError("tune_prompt_stack needs at least one (method, seed) run")
+    for run in runs:
+        if not (isinstance(run, (tuple, list)) and len(run) == 2 and isinstance(run[0], str)
+                and isinstance(run[1], int) and not isinstance(run[1], bool)):
+            raise ValueError(f"each run is a (method, seed) pair, a name and an integer; "
+                             f"got {run!r}")
+        if run[0] not in PROMPT_METHODS:
+            raise ValueError(f"unknown prompt method {run[0]!r}; known: "
+                             f"{', '.join(PROMPT_METHODS)}")
+    if not isinstance(steps, int) or steps < 1 or not isinstance(eval_every, int) \
+            or eval_every < 1:
+        raise ValueError(f"steps and eval_every must be integers >= 1, got {steps!r}, "
+                         f"{eval_every!r}")
+    if not isinstance(cosine_repeats, int) or cosine_repeats < 1:
+        raise ValueError(f"cosine_repeats must be an integer >= 1, got {cosine_repeats!r}")
+    n, device = len(data.train_y), data.train_x.device
+    if not isinstance(batch_size, int) or not 1 <= batch_size <= n:
+        raise ValueError(f"batch_size must be an integer in 1..{n} (the training set), "
+                         f"got {batch_size!r}")
+    order = prompt_stack_order([method for method, _ in runs])  # backprop, head only, guessed
+    stack = [runs[r] for r in order]
+    methods, R = [method for method, _ in stack], len(stack)
+    models = []  # one per run, as tune_prompts builds it: its initialisation, its observations
+    for _, seed in stack:
+        torch.manual_seed(seed)
+        models.append(PromptedViT(backbone, prompts, data.num_classes).to(device))
+    # prompts [R, P, D], head weights [R, C, D] and biases [R, C]: what the stack trains
+    stacked = [torch.stack([p.detach() for p in ps]).clone()
+               for ps in zip(*[(m.prompts, m.head.weight, m.head.bias) for m in models])]
+    opt = StackedOptimizer(stacked, optimizer, lr)
+    batches = _stacked_endless_batches(n, batch_size, [torch.Generator().manual_seed(seed)
+                                                       for _, seed in stack], device)
+    guess_rngs = [torch.Generator(device=device).manual_seed(seed + 1) for _, seed in stack]
+    probe_rngs = [torch.Generator(device=device).manual_seed(seed + 3) for _, seed in stack]
+    fixed_x, fixed_y = data.train_x[:batch_size], data.train_y[:batch_size]
+    histories = [{"step": [], "test_acc": [], "cosine": [], "train_loss": [], "diverged": False}
+                 for _ in stack]
+    start = time.perf_counter()
+
+    def observe(step):  # as train_prompts observes, run by run, those still going
+        for r, (model, history) in enumerate(zip(models, histories)):
+            if history["diverged"]:
+                continue
+            with torch.no_grad():  # the run's own model, at the stack's values
+                for p, rows in zip((model.prompts, model.head.weight, model.head.bias), stacked):
+                    p.copy_(rows[r])
+            space = get_method(methods[r]).space
+            history["step"].append(step)
+            history["test_acc"].append(accuracy(model, data.test_x, data.test_y, batch_size=512))
+            history["cosine"].append(1.0 if space == "exact" else 0.0 if space == "none" else
+                                     prompt_cosine(model, fixed_x, fixed_y, methods[r],
+                                                   probe_rngs[r], cosine_repeats))
+
+    def read(losses):  # the losses since the last read, [steps][R]: one read back
+        for column, history in zip(zip(*torch.stack(losses).tolist()), histories):
+            if history["diverged"]:
+                continue
+            for value in column:
+                if not math.isfinite(value):  # the single run stops at this step
+                    history["diverged"] = True
+                    break
+                history["train_loss"].append(value)
+
+    observe(0)
+    losses = []
+    for step in tqdm(range(1, steps + 1), disable=not progress, leave=False,
+                     desc=f"prompts x{R}"):
+        idx = next(batches)  # [R, B]
+        losses.append(estimate_stacked_prompt_gradients(
+            models[0], *stacked, data.train_x[idx], data.train_y[idx], methods, guess_rngs))
+        opt.step()
+        if step % eval_every == 0 or step == steps:
+            read(losses)
+            losses = []
+            if step % eval_every == 0:
+                observe(step)
+            if all(history["diverged"] for history in histories):
+                break
+    seconds = time.perf_counter() - start
+    result = [None] * R
+    for position, r in enumerate(order):
+        result[r] = {**histories[position], "seconds": seconds}
+    return result

@@ -52,8 +52,11 @@ html: $(VENV)/.installed
 # Re-execute every chapter's committed small-scale execution on the CPU (the rendered copy,
 # or book/executed/small/ while a larger run is rendered); nbval compares the cells marked
 # NBVAL_CHECK_OUTPUT (the claim verdicts) with the committed outputs. An empty run cache
-# makes every run compute afresh.
+# makes every run compute afresh. One thread: another summation order than the committed
+# executions' (made with every core), so a verdict that float rounding decides fails here,
+# on the machine that made it, and not first on a user's.
 validate: setup
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
 	GRADGUESS_SCALE=small GRADGUESS_DEVICE=cpu GRADGUESS_CACHE=$$(mktemp -d) \
 	  $(PY) -m pytest -q -p no:cacheprovider \
 	  --nbval-lax --nbval-current-env $$($(PY) scripts/execute.py --small-executions)

@@ -1,4 +1,5 @@
 """The book's sources and committed executions stay consistent with each other."""
+import ast
 import json
 from pathlib import Path
 
@@ -7,6 +8,8 @@ import nbformat
 import pytest
 
 from gradguess.ledger import CLAIM_IDS, VERDICTS, Ledger
+from gradguess.provenance import source_fingerprint
+from gradguess.report import execution_status, provenance_of
 from gradguess.scales import SCALES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,3 +84,24 @@ def test_ledgers_are_whole_and_match_their_notebooks():
         printed = "".join(o.get("text", "") for c in notebook.cells
                           if "NBVAL_CHECK_OUTPUT" in c.source for o in c.outputs)
         assert printed.strip() == ledger.verdicts(), f"{path.name}: ledger and verdict cell differ"
+
+
+EXECUTIONS = sorted(EXECUTED.glob("*.ipynb")) + sorted((EXECUTED / "small").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", EXECUTIONS, ids=lambda p: p.relative_to(EXECUTED).as_posix())
+def test_committed_execution_ran_todays_code_from_a_clean_commit(path):
+    record = provenance_of(json.loads(path.read_text()))
+    assert "+changes" not in record.get("git commit", "+changes"), \
+        f"{path.name} ran from a tree with uncommitted changes ({record.get('git commit')}): commit, then execute"
+    assert record.get("source fingerprint") == source_fingerprint(path.stem), \
+        f"{path.name} ran other code than today's package and chapter source: execute it again"
+
+
+def test_status_page_agrees_with_every_pages_own_record():
+    notebook = json.loads((EXECUTED / "status.ipynb").read_text())
+    shown = next(ast.literal_eval("".join(output["data"]["text/plain"]))
+                 for cell in notebook["cells"] for output in cell.get("outputs", [])
+                 if output.get("metadata", {}).get("scrapbook", {}).get("name") == "status_records")
+    recorded = execution_status(EXECUTED).drop(index="status").to_dict(orient="index")
+    assert shown == recorded, "the status page is older than a page it lists: execute status again, last"

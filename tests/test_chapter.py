@@ -75,3 +75,22 @@ def test_bad_parameters_fail_clearly():
         start("bias", device="cpu", seed="0", load=False)
     with pytest.raises(ValueError, match="unknown device"):
         start("bias", device="tpu", load=False)
+
+
+def test_source_fingerprint_changes_with_the_package_or_the_chapter(tmp_path, monkeypatch):
+    from gradguess import provenance
+    package, chapters = tmp_path / "gradguess", tmp_path / "chapters"
+    package.mkdir(), chapters.mkdir()
+    (package / "a.py").write_text("x = 1\n")
+    (chapters / "intro.md").write_text("# Intro\n")
+    monkeypatch.setattr(provenance, "PACKAGE", package)
+    monkeypatch.setattr(provenance, "CHAPTER_SOURCES", chapters)
+    first = provenance.source_fingerprint("intro")
+    assert first == provenance.source_fingerprint("intro")
+    (package / "a.py").write_text("x = 2\n")
+    second = provenance.source_fingerprint("intro")
+    (chapters / "intro.md").write_text("# Intro, revised\n")
+    third = provenance.source_fingerprint("intro")
+    (package / "b.py").write_text("")
+    assert len({first, second, third, provenance.source_fingerprint("intro")}) == 4
+    assert provenance.source_fingerprint("missing").startswith("unknown")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gradguess import data
-from gradguess.data import DataNotFoundError, Dataset, load_dataset, pad_images, random_crop_flip
+from gradguess.data import DataNotFoundError, Dataset, centred, load_dataset, pad_images, random_crop_flip
 
 
 def write_idx(path, array):
@@ -138,3 +138,12 @@ def test_random_crop_flip_shifts_and_mirrors_whole_images():
     assert torch.equal(out, same)  # seeded
     unflipped = random_crop_flip(x, torch.Generator().manual_seed(0), padding=0, flip=False)
     assert torch.equal(unflipped, x)
+
+
+def test_centred_subtracts_the_training_mean_image_from_both_splits():
+    x = torch.arange(24.0).view(4, 1, 2, 3)
+    d = Dataset("toy", x, torch.zeros(4, dtype=torch.long), x[:2] + 1, torch.zeros(2, dtype=torch.long), 2, "test")
+    c = centred(d)
+    assert c.name == "toy-centred"
+    torch.testing.assert_close(c.train_x.mean(0), torch.zeros(1, 2, 3))
+    torch.testing.assert_close(c.test_x, d.test_x - d.train_x.mean(0, keepdim=True))

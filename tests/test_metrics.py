@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from gradguess.estimators import backprop_gradient
-from gradguess.metrics import (as_directional_step, best_loss_reduction, cosine_similarity, effective_rank,
-                               mean_projection_cosine, span_basis,
-                               layer_cosines, one_step_effectiveness, principal_basis,
-                               projection_cosine, random_basis, rank_correlation)
+from gradguess.metrics import (as_directional_step, best_loss_reduction, cosine_similarity,
+                               effective_rank, layer_cosines, mean_projection_cosine, offset_share,
+                               one_step_effectiveness, principal_basis, projection_cosine,
+                               random_basis, rank_correlation, span_basis)
 
 
 def test_cosine_similarity_of_lists():
@@ -100,3 +100,12 @@ def test_rank_correlation():
     assert rank_correlation([1, 2, 3, 4], [9, 3, 2, 1]) == pytest.approx(-1.0)
     assert rank_correlation([1, 2, 3, 4], [1, 100, 2, 3]) == pytest.approx(0.4)  # ranks, not values
     assert rank_correlation([1, 2, 2, 3], [1, 2, 2, 3]) == pytest.approx(1.0)  # ties
+
+
+def test_offset_share_grows_with_the_inputs_common_part():
+    g = torch.Generator().manual_seed(0)
+    centred_x = torch.randn(128, 50, generator=g)
+    shifted_x = centred_x + 3.0  # every pixel on: a common part in every input
+    centred_share = offset_share(centred_x - centred_x.mean(0), torch.Generator().manual_seed(1))
+    shifted_share = offset_share(shifted_x, torch.Generator().manual_seed(1))
+    assert centred_share < 0.2 < 2 < shifted_share

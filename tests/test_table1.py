@@ -3,8 +3,9 @@ import math
 
 from gradguess import plotting
 from gradguess.paper import PAPER_DATASETS, TABLE1
-from gradguess.table1 import (PAPER_ARCHITECTURES, as_table, by_difficulty, cell_stats, cell_text,
-                              gaps, increasing, orderings, paper_mean, paper_text)
+from gradguess.table1 import (PAPER_ARCHITECTURES, as_table, bootstrap_orderings, by_difficulty,
+                              cell_stats, cell_text, gaps, increasing, orderings, paper_mean,
+                              paper_text)
 
 PROPOSED = ["activation_mixing", "w_transpose", "downstream"]
 GUESSING = ["directional", "activation_perturbation", *PROPOSED]
@@ -88,3 +89,22 @@ def test_increasing():
     assert increasing([1, float("nan"), 2, 3])
     assert not increasing([1, 1]) and not increasing([2, 1]) and not increasing([1])
     assert not increasing([float("nan"), 1])
+
+
+def test_bootstrap_orderings_spread_comes_from_the_seeds():
+    chain = [["a"], ["b"]]
+    run = lambda acc: {"train_acc": [acc], "test_acc": [acc], "diverged": False}
+    # a < b beyond any resample: every resample agrees
+    clear = {"a": [run(0.1), run(0.2)], "b": [run(0.8), run(0.9)]}
+    fractions = bootstrap_orderings(lambda n, arch, m: clear[m], [(3, 64)], ["x"], chain, resamples=50)
+    assert fractions.shape == (50,) and (fractions == 1).all()
+    # overlapping seeds: some resamples put a above b, and resampling is seeded
+    close = {"a": [run(0.4), run(0.6)], "b": [run(0.5), run(0.55)]}
+    fractions = bootstrap_orderings(lambda n, arch, m: close[m], [(3, 64)], ["x"], chain, resamples=200)
+    assert 0 < fractions.mean() < 1
+    again = bootstrap_orderings(lambda n, arch, m: close[m], [(3, 64)], ["x"], chain, resamples=200)
+    assert (fractions == again).all()
+    # a diverged seed stays out
+    diverged = {"a": [run(0.1), {**run(0.99), "diverged": True}], "b": [run(0.5)]}
+    fractions = bootstrap_orderings(lambda n, arch, m: diverged[m], [(3, 64)], ["x"], chain, resamples=20)
+    assert (fractions == 1).all()

@@ -91,7 +91,7 @@ class Chapter:
             scale=self.scale.name, device=self.device,
             dataset=dataset or ", ".join(self.datasets) or "(none)",
             data_source=source or "; ".join(self.datasets.values()) or "–", seed=self.seed,
-            started=self.started, settings=asdict(self.settings),
+            started=self.started, settings=asdict(self.settings), chapter=self.name,
             extra={"runs computed / read from the cache": f"{computed} / {read}"})
         return pd.Series(record, name="provenance").to_frame()
 

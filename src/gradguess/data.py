@@ -248,6 +248,14 @@ def inverted(dataset: Dataset) -> Dataset:
                    test_x=-dataset.test_x)
 
 
+def centred(dataset: Dataset) -> Dataset:
+    """The same task with the training set's mean image subtracted from every image (training
+    and test): inputs centred per pixel, which standardisation per channel does not do."""
+    mean = dataset.train_x.mean(0, keepdim=True)
+    return replace(dataset, name=f"{dataset.name}-centred", train_x=dataset.train_x - mean,
+                   test_x=dataset.test_x - mean)
+
+
 def random_crop_flip(x: Tensor, generator: torch.Generator, padding: int = 4,
                      flip: bool = True) -> Tensor:
     """The standard CIFAR augmentation on a batch [B, C, H, W], per image: pad by ``padding``

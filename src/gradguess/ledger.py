@@ -15,12 +15,28 @@ CLAIM_IDS = (
     "F6-pc", "F6-sub", "A1-exp", "F3-avg", "F3-match", "F3-mom", "F5-down", "T1-sharp",
     "F4-svd", "F9-vpt",
 )
-VERDICTS = ("reproduced", "partly", "not reproduced")
+VERDICTS = ("reproduced", "partly", "not reproduced", "inconclusive")
 
 
-def verdict(reproduced: bool, partly: bool = False) -> str:
-    """The verdict a rule gives: reproduced, else partly, else not reproduced."""
+def verdict(reproduced: bool, partly: bool = False, inconclusive: bool = False) -> str:
+    """The verdict a rule gives: inconclusive where the data cannot decide, else reproduced,
+    else partly, else not reproduced."""
+    if inconclusive:
+        return VERDICTS[3]
     return VERDICTS[0] if reproduced else VERDICTS[1] if partly else VERDICTS[2]
+
+
+def banded(low: float, high: float, reproduced_at: float, partly_at: float | None = None) -> dict:
+    """A threshold rule decided by an interval [low, high] of its statistic (its uncertainty:
+    a bootstrap interval, a seed spread): reproduced if the whole interval is >= reproduced_at,
+    partly if it is >= partly_at (when given) and below reproduced_at, not reproduced if it is
+    below every threshold, and inconclusive if it straddles one. `Ledger.record`'s keywords."""
+    if not low <= high:
+        raise ValueError(f"an interval needs low <= high, got [{low}, {high}]")
+    thresholds = [t for t in (reproduced_at, partly_at) if t is not None]
+    return {"reproduced": low >= reproduced_at,
+            "partly": partly_at is not None and low >= partly_at,
+            "inconclusive": any(low < t <= high for t in thresholds)}
 
 
 @dataclass
@@ -42,12 +58,13 @@ class Ledger:
     claims: list[Claim] = field(default_factory=list)
 
     def record(self, claim_id: str, *, paper: str, ours: str, rule: str, reproduced: bool,
-               partly: bool = False) -> Claim:
+               partly: bool = False, inconclusive: bool = False) -> Claim:
         if claim_id not in CLAIM_IDS:
             raise ValueError(f"unknown claim ID {claim_id!r}; known IDs: {', '.join(CLAIM_IDS)}")
         if any(c.id == claim_id for c in self.claims):
             raise ValueError(f"claim {claim_id} is already in the ledger")
-        claim = Claim(claim_id, paper, ours, rule, verdict(bool(reproduced), bool(partly)))
+        claim = Claim(claim_id, paper, ours, rule,
+                      verdict(bool(reproduced), bool(partly), bool(inconclusive)))
         self.claims.append(claim)
         return claim
 

@@ -166,3 +166,21 @@ def _ranks(values) -> np.ndarray:
 def rank_correlation(a, b) -> float:
     """Spearman's rank correlation: Pearson's correlation of the ranks."""
     return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
+
+
+def offset_share(x: Tensor, generator, units: int = 64, guesses: int = 20) -> float:
+    """How much a guessed first-layer update moves every unit's offset rather than its response
+    to the input, on a batch ``x`` [B, D]. A guessed update to the first layer has the form
+    dW = C^T x (any guess scaled by its JVP, summed over the batch: C [B, units] here Gaussian);
+    its effect on the batch's pre-activations is ds = x dW^T [B, units]. Returned: the mean over
+    units and ``guesses`` of |mean over examples of ds| / (std over examples of ds). Inputs
+    that are not centred per pixel share a large common part, so ds does too: a mostly uniform
+    shift of each unit, the same for every input, which moves units towards dead or saturated
+    without teaching them anything."""
+    x = x.flatten(1)
+    ratios = []
+    for _ in range(guesses):
+        c = torch.randn(len(x), units, generator=generator, device=x.device, dtype=x.dtype)
+        ds = x @ (c.T @ x).T
+        ratios.append((ds.mean(0).abs() / ds.std(0)).mean())
+    return float(torch.stack(ratios).mean())

@@ -1,4 +1,6 @@
-"""Where and how a chapter was executed: scale, device, data, seed, versions, commit, time."""
+"""Where and how a chapter was executed: scale, device, data, seed, versions, commit, the
+fingerprint of the code it ran, time."""
+import hashlib
 import platform
 import subprocess
 import time
@@ -8,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+PACKAGE = Path(__file__).resolve().parent
+CHAPTER_SOURCES = PACKAGE.parents[1] / "book" / "chapters"  # in a checkout of the book
 PACKAGES = ("gradguess", "torch", "torchvision", "numpy", "matplotlib", "seaborn", "torch-optimi")
 
 
@@ -33,6 +37,19 @@ def git_commit(path=None) -> str:
     return commit + ("+changes" if dirty else "")
 
 
+def source_fingerprint(chapter: str) -> str:
+    """A hash of the code an execution of ``chapter`` runs: every module of this package and
+    the chapter's own source (book/chapters/<chapter>.md). A committed execution whose
+    fingerprint differs from today's ran other code (tests/test_book.py checks)."""
+    source = CHAPTER_SOURCES / f"{chapter}.md"
+    if not source.exists():
+        return "unknown (no chapter source at hand)"
+    digest = hashlib.sha256()
+    for path in [*sorted(PACKAGE.glob("*.py")), source]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
@@ -40,9 +57,11 @@ def device_name(device: torch.device) -> str:
 
 
 def provenance(*, scale: str, device: torch.device, dataset: str, data_source: str, seed: int,
-               started: float, settings: dict | None = None, extra: dict | None = None) -> dict:
+               started: float, settings: dict | None = None, extra: dict | None = None,
+               chapter: str | None = None) -> dict:
     """A record of this execution; ``started`` is the ``time.perf_counter()`` at its start.
-    Every one of the chapter's ``settings`` gets a row ``setting: <name>``."""
+    Every one of the chapter's ``settings`` gets a row ``setting: <name>``; ``chapter`` names
+    whose `source_fingerprint` it records."""
     record = {
         "scale": scale,
         "device": device_name(device),
@@ -51,6 +70,7 @@ def provenance(*, scale: str, device: torch.device, dataset: str, data_source: s
         "float32 matmuls": ("TF32" if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
                             else "full float32"),
         "git commit": git_commit(),
+        "source fingerprint": source_fingerprint(chapter) if chapter else "–",
         "python": platform.python_version(),
         **{package: _version(package) for package in PACKAGES},
         "executed at (UTC)": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),

@@ -83,7 +83,8 @@ def provenance_of(notebook: dict) -> dict[str, str]:
 
 def execution_status(folder, toc_order: list[str] | None = None) -> pd.DataFrame:
     """Per executed chapter: when it was last executed, on what, at what scale, how long it
-    took, and from which commit (in ``toc_order`` if given)."""
+    took, from which commit and code (`provenance.source_fingerprint`), in ``toc_order`` if
+    given."""
     rows = {}
     for path in sorted(Path(folder).glob("*.ipynb")):
         notebook = json.loads(path.read_text())
@@ -95,6 +96,7 @@ def execution_status(folder, toc_order: list[str] | None = None) -> pd.DataFrame
             "scale": run.get("parameters", {}).get("scale", "–"),
             "wall time": f"{run['duration']:.0f} s" if run.get("duration") else "–",
             "commit": record.get("git commit", "–"),
+            "source fingerprint": record.get("source fingerprint", "–"),
         }
     order = [name for name in (toc_order or []) if name in rows] + \
             [name for name in rows if name not in (toc_order or [])]

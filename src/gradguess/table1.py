@@ -65,6 +65,27 @@ def orderings(mean_of, archs, names, chain) -> list[bool]:
     return checks
 
 
+def bootstrap_orderings(histories_of, archs, names, chain, *, resamples: int = 1000,
+                        seed: int = 0) -> np.ndarray:
+    """T1-order's fraction of the claimed orderings that hold (`orderings`), on ``resamples``
+    bootstrap resamples of the seeds: each cell's mean over its runs drawn with replacement.
+    ``histories_of(name, arch, method)`` gives a cell's runs, one per seed; diverged runs stay
+    out, as in `cell_stats`. The spread of the fractions is what another draw of seeds could
+    give, and so what float rounding, which moves a chaotic run as much, could give too."""
+    rng = np.random.default_rng(seed)
+    methods = [m for tier in chain for m in tier]
+    finals = {(name, arch, m, split): np.array([100 * final(h, f"{split}_acc")
+                                                for h in histories_of(name, arch, m)])
+              for name in names for arch in archs for m in methods for split in SPLITS}
+    finals = {key: values[~np.isnan(values)] for key, values in finals.items()}
+    fractions = np.empty(resamples)
+    for i in range(resamples):
+        means = {key: rng.choice(values, len(values)).mean() if len(values) else np.nan
+                 for key, values in finals.items()}
+        fractions[i] = np.mean(orderings(lambda *cell: means[cell], archs, names, chain))
+    return fractions
+
+
 def gaps(mean_of, archs, names, guessing, reference: str = "backprop") -> pd.DataFrame:
     """T1-gap's gaps: the ``reference`` method's accuracy minus the mean of the ``guessing``
     methods', averaged over ``archs``; a row per dataset of ``names``, a column per split."""

@@ -100,8 +100,9 @@ def test_committed_execution_ran_todays_code_from_a_clean_commit(path):
 
 def test_status_page_agrees_with_every_pages_own_record():
     notebook = json.loads((EXECUTED / "status.ipynb").read_text())
-    shown = next(ast.literal_eval("".join(output["data"]["text/plain"]))
-                 for cell in notebook["cells"] for output in cell.get("outputs", [])
-                 if output.get("metadata", {}).get("scrapbook", {}).get("name") == "status_records")
+    glued = {record["name"]: "".join(output["data"][record.get("mime_prefix", "") + "text/plain"])
+             for cell in notebook["cells"] for output in cell.get("outputs", [])
+             if (record := output.get("metadata", {}).get("scrapbook", {})).get("name")}
+    shown = ast.literal_eval(glued["status_records"])
     recorded = execution_status(EXECUTED).drop(index="status").to_dict(orient="index")
     assert shown == recorded, "the status page is older than a page it lists: execute status again, last"

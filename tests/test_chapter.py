@@ -59,7 +59,7 @@ def test_the_ledger_is_published_where_the_execution_script_says(blob_data, tmp_
                                                                  capsys):
     monkeypatch.setenv("GRADGUESS_LEDGER", str(tmp_path / "bias.ledger.json"))
     chapter = start("bias", device="cpu", dataset="blobs")
-    chapter.record("A1-exp", paper="p", ours="o", rule="r", reproduced=True)
+    chapter.record("A1-exp", paper="p", ours="o", uncertainty="u", reproduced=True)
     table = chapter.close()
     assert table.loc["A1-exp", "verdict"] == "reproduced"
     saved = json.loads((tmp_path / "bias.ledger.json").read_text())
@@ -77,10 +77,11 @@ def test_bad_parameters_fail_clearly():
         start("bias", device="tpu", load=False)
 
 
-def test_source_fingerprint_changes_with_the_package_or_the_chapter(tmp_path, monkeypatch):
+def test_source_fingerprint_changes_with_the_package_the_rules_or_the_chapter(tmp_path, monkeypatch):
     from gradguess import provenance
     package, chapters = tmp_path / "gradguess", tmp_path / "chapters"
     package.mkdir(), chapters.mkdir()
+    (tmp_path / "rules.toml").write_text("# rules\n")
     (package / "a.py").write_text("x = 1\n")
     (chapters / "intro.md").write_text("# Intro\n")
     monkeypatch.setattr(provenance, "PACKAGE", package)
@@ -92,5 +93,7 @@ def test_source_fingerprint_changes_with_the_package_or_the_chapter(tmp_path, mo
     (chapters / "intro.md").write_text("# Intro, revised\n")
     third = provenance.source_fingerprint("intro")
     (package / "b.py").write_text("")
-    assert len({first, second, third, provenance.source_fingerprint("intro")}) == 4
+    fourth = provenance.source_fingerprint("intro")
+    (tmp_path / "rules.toml").write_text("# rules, revised\n")
+    assert len({first, second, third, fourth, provenance.source_fingerprint("intro")}) == 5
     assert provenance.source_fingerprint("missing").startswith("unknown")

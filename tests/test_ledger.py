@@ -1,6 +1,7 @@
 import pytest
 
-from gradguess.ledger import Ledger, banded, verdict
+from gradguess.ledger import Ledger, all_of, any_of, at_least, banded, exceeds, verdict
+from gradguess.rules import rule
 
 
 def test_verdict_follows_the_rule():
@@ -9,13 +10,42 @@ def test_verdict_follows_the_rule():
     assert verdict(False) == "not reproduced"
 
 
+def test_an_undecided_condition_is_inconclusive_only_where_it_could_change_the_verdict():
+    assert verdict(None, True) == "inconclusive"  # reproduced or partly: cannot say which
+    assert verdict(False, None) == "inconclusive"  # partly or not reproduced
+    assert verdict(True, None) == "reproduced"  # partly does not matter once reproduced holds
+
+
+def test_exceeds_decides_only_beyond_its_noise():
+    assert exceeds(10.0, 5.0, se=1.0) is True
+    assert exceeds(0.0, 5.0, se=1.0) is False
+    assert exceeds(6.0, 5.0, se=1.0) is None  # within two standard errors
+    assert exceeds(6.0, 5.0, se=1.0, z=0.5) is True
+    assert exceeds(6.0, 5.0, se=0.0) is True
+    with pytest.raises(ValueError, match="cannot be negative"):
+        exceeds(1.0, 0.0, se=-1.0)
+
+
+def test_three_valued_logic():
+    assert all_of(True, True) is True and all_of(True, None) is None and all_of(None, False) is False
+    assert any_of(False, False) is False and any_of(False, None) is None and any_of(None, True) is True
+    assert at_least(2, [True, True, None]) is True
+    assert at_least(3, [True, True, None]) is None
+    assert at_least(3, [True, False, None]) is False
+    import numpy as np
+    assert verdict(np.bool_(False), np.bool_(True)) == "partly"  # numpy's booleans are not False
+
+
 def test_ledger_round_trip_and_bad_ids(tmp_path, monkeypatch):
-    ledger = Ledger("chapter", "small", "cpu", "mnist", 0)
-    ledger.record("F1-dim", paper="-0.5", ours="-0.49", rule="within 0.1", reproduced=True)
+    ledger = Ledger("architecture", "small", "cpu", "mnist", 0)
+    ledger.record("F1-dim", paper="-0.5", ours="-0.49", uncertainty="0.01", reproduced=True)
+    assert ledger.claims[0].rule == rule("F1-dim").text  # the registered text, not the chapter's
     with pytest.raises(ValueError, match="unknown claim ID 'F1-size'"):
-        ledger.record("F1-size", paper="", ours="", rule="", reproduced=True)
+        ledger.record("F1-size", paper="", ours="", uncertainty="", reproduced=True)
     with pytest.raises(ValueError, match="already"):
-        ledger.record("F1-dim", paper="", ours="", rule="", reproduced=False)
+        ledger.record("F1-dim", paper="", ours="", uncertainty="", reproduced=False)
+    with pytest.raises(ValueError, match="registered to the training chapter"):
+        ledger.record("T1-order", paper="", ours="", uncertainty="", reproduced=False)
     monkeypatch.setenv("GRADGUESS_LEDGER", str(tmp_path / "x.ledger.json"))
     ledger.publish()
     assert Ledger.load(tmp_path / "x.ledger.json") == ledger
@@ -26,8 +56,7 @@ def test_ledger_round_trip_and_bad_ids(tmp_path, monkeypatch):
     assert not (tmp_path / "x.ledger.json").exists()
 
 
-def test_inconclusive_overrides_and_banded_decides_by_the_whole_interval():
-    assert verdict(True, True, inconclusive=True) == "inconclusive"
+def test_banded_decides_by_the_whole_interval():
     assert verdict(**banded(0.85, 0.95, 0.8, 0.6)) == "reproduced"
     assert verdict(**banded(0.65, 0.75, 0.8, 0.6)) == "partly"
     assert verdict(**banded(0.30, 0.50, 0.8, 0.6)) == "not reproduced"
@@ -38,6 +67,6 @@ def test_inconclusive_overrides_and_banded_decides_by_the_whole_interval():
     assert verdict(**banded(0.5, 0.7, 0.8)) == "not reproduced"
     with pytest.raises(ValueError, match="low <= high"):
         banded(0.9, 0.8, 0.8)
-    ledger = Ledger("chapter", "small", "cpu", "mnist", 0)
-    ledger.record("T1-order", paper="", ours="", rule="", **banded(0.75, 0.85, 0.8, 0.6))
+    ledger = Ledger("training", "small", "cpu", "mnist", 0)
+    ledger.record("T1-order", paper="", ours="", uncertainty="", **banded(0.75, 0.85, 0.8, 0.6))
     assert ledger.verdicts() == "T1-order: inconclusive"

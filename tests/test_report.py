@@ -66,8 +66,8 @@ def test_status_reads_a_chapters_provenance_cell(tmp_path):
 
 
 def test_claims_table_lists_every_claim_once(tmp_path):
-    ledger = Ledger("toy", "small", "cpu", "mnist", 0)
-    ledger.record(CLAIM_IDS[0], paper="1", ours="1.1", rule="within 0.2", reproduced=True)
+    ledger = Ledger("architecture", "small", "cpu", "mnist", 0)
+    ledger.record(CLAIM_IDS[0], paper="1", ours="1.1", uncertainty="0.1", reproduced=True)
     ledger.save(tmp_path / "toy.ledger.json")
     claims = claims_table(tmp_path)
     assert list(claims.index) == list(CLAIM_IDS)

@@ -18,25 +18,59 @@ CLAIM_IDS = (
 VERDICTS = ("reproduced", "partly", "not reproduced", "inconclusive")
 
 
-def verdict(reproduced: bool, partly: bool = False, inconclusive: bool = False) -> str:
-    """The verdict a rule gives: inconclusive where the data cannot decide, else reproduced,
-    else partly, else not reproduced."""
-    if inconclusive:
+def verdict(reproduced: bool | None, partly: bool | None = False) -> str:
+    """The verdict a rule gives from its two conditions, each True, False, or None where the
+    data cannot decide it (a statistic within its uncertainty of a threshold): reproduced if the
+    first holds; partly if only the second does; not reproduced if neither; inconclusive where
+    an undecided condition could change which of these it is."""
+    reproduced, partly = (None if c is None else bool(c) for c in (reproduced, partly))
+    if reproduced is None or (reproduced is False and partly is None):
         return VERDICTS[3]
     return VERDICTS[0] if reproduced else VERDICTS[1] if partly else VERDICTS[2]
 
 
+def exceeds(value: float, threshold: float, se: float, z: float = 2.0) -> bool | None:
+    """Whether ``value`` exceeds ``threshold`` beyond its noise: True if ``value - threshold
+    > z * se``, False if ``< -z * se``, None (undecided) in between. ``se`` is the standard
+    error of ``value`` (seed spread, Monte Carlo or binomial error)."""
+    if se < 0:
+        raise ValueError(f"a standard error cannot be negative, got {se}")
+    margin = value - threshold
+    return True if margin > z * se else False if margin < -z * se else None
+
+
+def all_of(*conditions: bool | None) -> bool | None:
+    """Three-valued 'and': False if any is False, else None if any is undecided, else True."""
+    conditions = [None if c is None else bool(c) for c in conditions]
+    return False if False in conditions else None if None in conditions else True
+
+
+def any_of(*conditions: bool | None) -> bool | None:
+    """Three-valued 'or': True if any is True, else None if any is undecided, else False."""
+    conditions = [None if c is None else bool(c) for c in conditions]
+    return True if True in conditions else None if None in conditions else False
+
+
+def at_least(count: int, conditions) -> bool | None:
+    """Three-valued 'at least ``count`` of ``conditions`` hold'."""
+    conditions = [None if c is None else bool(c) for c in conditions]
+    sure, possible = conditions.count(True), conditions.count(True) + conditions.count(None)
+    return True if sure >= count else False if possible < count else None
+
+
 def banded(low: float, high: float, reproduced_at: float, partly_at: float | None = None) -> dict:
     """A threshold rule decided by an interval [low, high] of its statistic (its uncertainty:
-    a bootstrap interval, a seed spread): reproduced if the whole interval is >= reproduced_at,
-    partly if it is >= partly_at (when given) and below reproduced_at, not reproduced if it is
-    below every threshold, and inconclusive if it straddles one. `Ledger.record`'s keywords."""
+    a bootstrap interval, a seed spread): a threshold holds if the whole interval is at or above
+    it, fails if the whole interval is below it, and is undecided if the interval straddles it.
+    Returns `Ledger.record`'s ``reproduced`` and ``partly`` keywords."""
     if not low <= high:
         raise ValueError(f"an interval needs low <= high, got [{low}, {high}]")
-    thresholds = [t for t in (reproduced_at, partly_at) if t is not None]
-    return {"reproduced": low >= reproduced_at,
-            "partly": partly_at is not None and low >= partly_at,
-            "inconclusive": any(low < t <= high for t in thresholds)}
+
+    def holds(threshold):
+        return True if low >= threshold else False if high < threshold else None
+
+    return {"reproduced": holds(reproduced_at),
+            "partly": False if partly_at is None else holds(partly_at)}
 
 
 @dataclass
@@ -44,8 +78,9 @@ class Claim:
     id: str
     paper: str  # the paper's value, as the paper states it
     ours: str  # our value, formatted from the run
-    rule: str  # what decides the verdict, written before the run
+    rule: str  # what decides the verdict: its registered text (book/rules.toml)
     verdict: str
+    uncertainty: str = ""  # how uncertain the statistic is, and how that was measured
 
 
 @dataclass
@@ -57,14 +92,20 @@ class Ledger:
     seed: int
     claims: list[Claim] = field(default_factory=list)
 
-    def record(self, claim_id: str, *, paper: str, ours: str, rule: str, reproduced: bool,
-               partly: bool = False, inconclusive: bool = False) -> Claim:
+    def record(self, claim_id: str, *, paper: str, ours: str, uncertainty: str,
+               reproduced: bool | None, partly: bool | None = False) -> Claim:
+        """One claim's verdict under its registered rule (book/rules.toml), which must be this
+        chapter's; ``uncertainty`` says how uncertain ``ours`` is and how that was measured."""
+        from .rules import rule
         if claim_id not in CLAIM_IDS:
             raise ValueError(f"unknown claim ID {claim_id!r}; known IDs: {', '.join(CLAIM_IDS)}")
         if any(c.id == claim_id for c in self.claims):
             raise ValueError(f"claim {claim_id} is already in the ledger")
-        claim = Claim(claim_id, paper, ours, rule,
-                      verdict(bool(reproduced), bool(partly), bool(inconclusive)))
+        registered = rule(claim_id)
+        if registered.chapter != self.chapter:
+            raise ValueError(f"claim {claim_id} is registered to the {registered.chapter} chapter, "
+                             f"not {self.chapter}")
+        claim = Claim(claim_id, paper, ours, registered.text, verdict(reproduced, partly), uncertainty)
         self.claims.append(claim)
         return claim
 
@@ -75,8 +116,8 @@ class Ledger:
     def table(self):
         """The ledger as a pandas DataFrame (rendered as a table in the book)."""
         import pandas as pd
-        rows = [{"claim": c.id, "paper": c.paper, "ours": c.ours, "rule": c.rule,
-                 "verdict": c.verdict} for c in self.claims]
+        rows = [{"claim": c.id, "paper": c.paper, "ours": c.ours, "uncertainty": c.uncertainty,
+                 "rule": c.rule, "verdict": c.verdict} for c in self.claims]
         return pd.DataFrame(rows).set_index("claim")
 
     def save(self, path) -> None:

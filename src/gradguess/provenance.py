@@ -38,14 +38,15 @@ def git_commit(path=None) -> str:
 
 
 def source_fingerprint(chapter: str) -> str:
-    """A hash of the code an execution of ``chapter`` runs: every module of this package and
-    the chapter's own source (book/chapters/<chapter>.md). A committed execution whose
+    """A hash of the code an execution of ``chapter`` runs: every module of this package, the
+    registered rules (book/rules.toml) and the chapter's own source (book/chapters/<chapter>.md). A committed execution whose
     fingerprint differs from today's ran other code (tests/test_book.py checks)."""
     source = CHAPTER_SOURCES / f"{chapter}.md"
     if not source.exists():
         return "unknown (no chapter source at hand)"
     digest = hashlib.sha256()
-    for path in [*sorted(PACKAGE.glob("*.py")), source]:
+    rules = CHAPTER_SOURCES.parent / "rules.toml"
+    for path in [*sorted(PACKAGE.glob("*.py")), rules, source]:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 

@@ -156,7 +156,7 @@ SETTINGS = {
     "training": {
         "small": TrainingSettings(train_size=8000, test_size=2000,
                                   architectures=((3, 64), (6, 64), (3, 256), (6, 256)), epochs=5,
-                                  seeds=2, sweep_width=128, sweep_epochs=5),
+                                  seeds=4, sweep_width=128, sweep_epochs=5),
         "gpu": TrainingSettings(train_size=None, test_size=None,
                                 architectures=((3, 128), (6, 128), (3, 1024), (6, 1024)), epochs=5,
                                 seeds=3, sweep_width=128, sweep_epochs=5),

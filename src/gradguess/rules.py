@@ -1,0 +1,82 @@
+"""The registered rules (book/rules.toml): for each claim, the statistic that decides it, that
+statistic's uncertainty, the thresholds, the verdicts they give, and the rule's history.
+
+A chapter takes its rules from here, so the rule a reader sees and the thresholds its code
+applies are one text: ``rule("T1-order")["reproduced"]`` is 0.8 and ``rule("T1-order").text``
+says so.
+"""
+import string
+import tomllib
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from .ledger import CLAIM_IDS
+
+RULES_FILE = Path(__file__).resolve().parents[2] / "book" / "rules.toml"
+HISTORY_FIELDS = ("date", "change", "reason", "after_run")
+
+
+@dataclass(frozen=True)
+class Rule:
+    claim: str
+    chapter: str
+    statistic: str
+    uncertainty: str
+    text: str  # the rule with its thresholds filled in
+    thresholds: dict
+    history: tuple  # dicts: date, change, reason, after_run, and commit where known
+
+    def __getitem__(self, name: str) -> float:
+        return self.thresholds[name]
+
+
+def _rule(claim: str, raw: dict) -> Rule:
+    missing = {"chapter", "statistic", "uncertainty", "rule", "thresholds", "history"} - raw.keys()
+    if missing:
+        raise ValueError(f"rule {claim} lacks {', '.join(sorted(missing))}")
+    fields = {name for _, name, _, _ in string.Formatter().parse(raw["rule"]) if name}
+    if fields != set(raw["thresholds"]):
+        raise ValueError(f"rule {claim}: its text names thresholds {sorted(fields)} but it has "
+                         f"{sorted(raw['thresholds'])}")
+    for entry in raw["history"]:
+        if not set(HISTORY_FIELDS) <= entry.keys():
+            raise ValueError(f"rule {claim}: a history entry lacks one of {', '.join(HISTORY_FIELDS)}")
+    return Rule(claim, raw["chapter"], raw["statistic"], raw["uncertainty"],
+                raw["rule"].format(**raw["thresholds"]), dict(raw["thresholds"]),
+                tuple(raw["history"]))
+
+
+@cache
+def load(path: Path = RULES_FILE) -> dict[str, Rule]:
+    """Every registered rule by claim ID; unknown IDs and malformed rules are errors."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no registered rules at {path}: run from a checkout of the book")
+    raw = tomllib.loads(Path(path).read_text())
+    unknown = raw.keys() - set(CLAIM_IDS)
+    if unknown:
+        raise ValueError(f"rules for unknown claim IDs: {', '.join(sorted(unknown))}")
+    return {claim: _rule(claim, raw[claim]) for claim in CLAIM_IDS if claim in raw}
+
+
+def rule(claim: str) -> Rule:
+    """The registered rule of ``claim``."""
+    rules = load()
+    if claim not in rules:
+        raise KeyError(f"no registered rule for {claim!r} in {RULES_FILE}")
+    return rules[claim]
+
+
+def chapter_rules(chapter: str) -> dict[str, Rule]:
+    """The rules a chapter decides, by claim ID."""
+    return {claim: r for claim, r in load().items() if r.chapter == chapter}
+
+
+def history():
+    """Every change to every rule as a pandas DataFrame, oldest first within each claim."""
+    import pandas as pd
+    rows = [{"claim": r.claim, "date": entry["date"], "commit": entry.get("commit", "–"),
+             "change": entry["change"], "reason": entry["reason"],
+             "after a run": "yes" if entry["after_run"] else "no"}
+            for r in load().values() for entry in r.history]
+    return pd.DataFrame(rows).set_index("claim")

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from gradguess import bias
-from gradguess.bias import (COSINE, ERROR, RELATIVE, averaged_cosines, covariance_step,
-                            expectation_check, guess_samples, mean_guess_cosine, mean_step,
-                            signal_to_noise, signal_to_noise_growth, step_standard_error, toy_bias,
-                            w_transpose_expected_step)
+from gradguess.bias import (COSINE, NOISE, RELATIVE, averaged_cosines,
+                            covariance_step, expectation_check,
+                            guess_samples, mean_guess_cosine, mean_step,
+                            signal_to_noise, signal_to_noise_exponent, signal_to_noise_growth,
+                            step_standard_error, toy_bias, w_transpose_expected_step)
 from gradguess.estimators import (backprop_gradient, guessed_gradient, per_example_gradients,
                                   preactivation_jvp)
 from gradguess.methods import METHODS
@@ -52,7 +53,7 @@ def test_activation_perturbation_averages_to_the_gradient(net):
     ys = guess_samples(model, x, "activation_perturbation", 20000, rng())
     assert float((mean_step(ys, g) - g).norm()) <= 4 * step_standard_error(ys, g)
     check = expectation_check(ys, g, expected=g)
-    assert check[RELATIVE] <= 4 * check[ERROR] and check[COSINE] == pytest.approx(1.0)
+    assert check[RELATIVE] <= 4 * check[NOISE] and check[COSINE] == pytest.approx(1.0)
 
 
 def test_w_transpose_mean_step_is_its_covariance_step(net):
@@ -76,9 +77,28 @@ def test_expectation_check_between_independent_samples(net):
     ys = guess_samples(model, x, "downstream", 10000, rng(1), k=2)
     others = guess_samples(model, x, "downstream", 10000, rng(2), k=2)
     check = expectation_check(ys, g, others=others)
-    assert set(check) == {RELATIVE, ERROR, COSINE}
-    assert check[RELATIVE] <= 4 * check[ERROR] and 0 < check[ERROR] < 0.1 and check[COSINE] < 0.99
-    assert math.isnan(expectation_check(ys, g, others=others, standard_error=False)[ERROR])
+    assert set(check) == {RELATIVE, NOISE, COSINE}
+    assert check[RELATIVE] <= 4 * check[NOISE] and 0 < check[NOISE] < 0.1 and check[COSINE] < 0.99
+
+
+def test_noise_is_the_size_of_the_difference_of_two_independent_estimates(net):
+    """Both sides estimate the same mean from independent samples, so E|difference|^2 is the sum
+    of both estimates' variances: the squared ratio difference / noise averages to 1 (it would
+    average to 2 if the noise counted one side only)."""
+    model, x, y = net
+    g = first_layer_gradient(model, x, y)
+    ratios = []
+    for seed in range(40):
+        ys = guess_samples(model, x, "w_transpose", 2000, rng(2 * seed))
+        others = guess_samples(model, x, "w_transpose", 2000, rng(2 * seed + 1))
+        check = expectation_check(ys, g, others=others)
+        ratios.append((check[RELATIVE] / check[NOISE]) ** 2)
+    assert np.mean(ratios) == pytest.approx(1.0, abs=0.4)
+    # against a known expected step only the guesses' own noise counts
+    ys = guess_samples(model, x, "w_transpose", 2000, rng(99))
+    analytic = w_transpose_expected_step(model, x, g)
+    assert expectation_check(ys, g, expected=analytic)[NOISE] == pytest.approx(
+        step_standard_error(ys, g) / float(analytic.norm()))
 
 
 def test_toy_bias_is_four_to_the_k_minus_one_times_g():
@@ -126,8 +146,14 @@ def test_same_seed_same_results(net):
 
 def test_signal_to_noise():
     assert signal_to_noise(1 / math.sqrt(2)) == pytest.approx(1.0)
-    curve = np.sqrt(np.arange(1, 101) / (np.arange(1, 101) + 1000))  # cos^2/(1-cos^2) = K/1000
+    k = np.arange(1, 101)
+    curve = np.sqrt(k / (k + 1000))  # cos^2/(1-cos^2) = K/1000
     assert signal_to_noise_growth(curve) == pytest.approx(10.0)
+    assert signal_to_noise_exponent(curve) == pytest.approx(1.0)
+    # a biased average: 1/SNR = 1/SNR_inf + 1/(c K), saturating; its exponent falls towards 0
+    saturating = [1 / (1 / 0.05 + 1000 / k) for k in (k, 100 * k)]
+    exponents = [signal_to_noise_exponent(np.sqrt(s / (1 + s))) for s in saturating]
+    assert 0 < exponents[1] < 0.05 < exponents[0] < 1
 
 
 def test_mean_guess_cosine_of_backprop_is_one(net):

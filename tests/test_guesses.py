@@ -112,6 +112,27 @@ def test_activation_mixing_is_a_masked_mixture_of_the_batch(net):
                                                                   dtype=s.dtype))
 
 
+def test_activation_mixing_overall_normalisation_scales_each_layer_once(net):
+    """The literal reading of A.4 ("we normalize the overall guess"): the same mixture as the
+    per-example default, times one scale per layer, so that the layer's guess has the norm
+    sqrt(B d_i) of an N(0, I) guess of its shape; examples keep their relative sizes."""
+    model, x, _ = net
+    trace = traced(model, x)
+    per_example = call("activation_mixing", model, trace, seed=3)
+    overall = call("activation_mixing", model, trace, seed=3, normalise="overall")
+    spelled_out = call("activation_mixing", model, trace, seed=3, normalise="per_example")
+    assert all(torch.equal(a, b) for a, b in zip(per_example, spelled_out))  # the default
+    generator = torch.Generator().manual_seed(3)  # the draws, in the order the guess takes them
+    for s, a, b in zip(trace.preactivations[:-1], per_example, overall):
+        alpha = torch.randn((len(s), len(s)), generator=generator, dtype=s.dtype)
+        mixture = (alpha @ torch.relu(s)) * guesses.relu_mask(s)
+        torch.testing.assert_close(b, mixture * math.sqrt(s.numel()) / mixture.norm())
+        torch.testing.assert_close(a, mixture * math.sqrt(s.shape[1]) / mixture.norm(dim=1, keepdim=True))
+        assert b.norm(dim=1).std() > 0.01 * b.norm(dim=1).mean()  # not rescaled per example
+    with pytest.raises(ValueError, match="unknown normalise"):
+        call("activation_mixing", model, trace, normalise="per_layer")
+
+
 def test_self_sharpening_last_layer_is_the_error_vector(net):
     model, x, y = net
     trace = traced(model, x)

@@ -48,3 +48,8 @@ def test_every_chapter_reads_its_rules_from_the_registered_file():
         source = (chapters / f"{chapter}.md").read_text()
         assert "chapter_rules(" in source or "rules.rule(" in source, chapter
         assert "RULES = {" not in source, chapter  # no rule typed into the chapter
+
+
+def test_the_rules_table_escapes_the_rules_comparisons():
+    html = rules.rules_table("architecture").to_html()
+    assert "DD &lt; AP" in html and "F1-dim" in html

@@ -3,7 +3,8 @@ different lengths line up, which epochs a window mean covers."""
 import numpy as np
 
 from conftest import blobs
-from gradguess.sharpening import hidden_cosine, hidden_rank, series, window_means
+from gradguess.sharpening import (correlations_by_replicate, hidden_cosine, hidden_rank, range_holds,
+                                  series, window_means)
 from gradguess.training import train_mlp
 
 # two probes (initialisation, one epoch) of a 4-layer net
@@ -44,3 +45,19 @@ def test_series_of_a_probed_run_has_a_probe_before_the_first_epoch():
     ranks = series(runs, "hidden_rank")
     assert np.all((ranks >= 1) & (ranks <= 8))
     assert np.allclose(ranks[0], [r[1] for r in runs[0]["effective_rank"]])
+
+
+def test_correlations_by_replicate_read_each_replicate_alone():
+    powers = [0.5, 1, 2]
+    values = np.array([[3.0, 1.0], [2.0, 2.0], [1.0, 3.0]])  # [p, replicate]: falling, rising
+    assert np.allclose(correlations_by_replicate(powers, values), [-1, 1])
+
+
+def test_range_holds_needs_the_whole_range_past_the_threshold():
+    assert range_holds([0.9, 1.0], 0.8) is True
+    assert range_holds([0.5, 0.9], 0.8) is None  # straddles
+    assert range_holds([0.5, 0.7], 0.8) is False
+    assert range_holds([-1.0, -0.9], -0.8, at_most=True) is True
+    assert range_holds([-1.0, -0.5], -0.8, at_most=True) is None
+    assert range_holds([-0.7, 0.2], -0.8, at_most=True) is False
+    assert range_holds([0.9, float("nan")], 0.8) is True  # a replicate without a correlation is left out

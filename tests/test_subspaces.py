@@ -1,14 +1,17 @@
 import math
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gradguess.data import Dataset
 from gradguess.guesses import activation_mixing_guess
 from gradguess.models import MLP
-from gradguess.subspaces import (ClassDirections, class_directions, first_direction,
-                                 masked_span_cosines, mixing_against_bound, pc_similarity,
-                                 random_mixture, scores_along_training, subspace_scores)
+from gradguess.subspaces import (ClassDirections, bootstrap_ratio_interval, class_directions,
+                                 first_direction, masked_span_cosines, mixing_against_bound,
+                                 pc_similarity, pc_similarity_per_class, random_mixture,
+                                 scores_along_training, subspace_scores)
 
 from conftest import blobs, traced
 
@@ -71,6 +74,33 @@ def test_pc_similarity_of_aligned_and_random_directions():
     assert scores["other classes"] == pytest.approx(0.0)
     # |cos| of a random unit vector with a fixed one: about sqrt(2 / (pi d))
     assert scores["random direction"] == pytest.approx(math.sqrt(2 / (math.pi * d)), rel=0.1)
+
+
+def test_pc_similarity_per_class_gives_each_class_its_own_row_and_their_mean():
+    d = 400
+    basis = torch.eye(d)[:3]
+    tilted = F.normalize(basis[0] + basis[1], dim=0)  # class 0's gradient PC: 45 degrees off
+    directions = [ClassDirections(tilted, basis[0], basis[0]),
+                  ClassDirections(basis[1], basis[1], basis[1]),
+                  ClassDirections(basis[2], basis[2], basis[2])]
+    per_class = pc_similarity_per_class(directions, torch.Generator().manual_seed(0))
+    assert per_class["same class"].tolist() == pytest.approx([math.sqrt(0.5), 1.0, 1.0])
+    assert per_class["other classes"].tolist() == pytest.approx([math.sqrt(0.5) / 2, 0.0, 0.0])
+    mean = pc_similarity(directions, torch.Generator().manual_seed(0))
+    assert mean == pytest.approx(per_class.mean().to_dict())
+
+
+def test_bootstrap_ratio_interval_covers_the_ratio_of_means_and_narrows_with_more_curves():
+    rng = np.random.default_rng(0)
+    few, many = (rng.normal(0.5, 0.2, n) for n in (10, 1000))
+    low, high = bootstrap_ratio_interval(few, np.full(10, 0.1), np.random.default_rng(1))
+    assert low < few.mean() / 0.1 < high
+    wide = high - low
+    low, high = bootstrap_ratio_interval(many, np.full(1000, 0.1), np.random.default_rng(1))
+    assert low < many.mean() / 0.1 < high and high - low < wide / 5
+    assert bootstrap_ratio_interval(np.ones(5), np.full(5, 0.25), np.random.default_rng(0)) == (4.0, 4.0)
+    with pytest.raises(ValueError, match="bootstrap"):
+        bootstrap_ratio_interval([1.0], [1.0], np.random.default_rng(0))
 
 
 def test_subspace_scores_full_span_scores_one_and_random_about_sqrt_k_over_d():

@@ -1,11 +1,13 @@
 """Table 1's statistics, checked on the paper's own Table 1 and on cases countable by hand."""
 import math
 
+import numpy as np
+
 from gradguess import plotting
 from gradguess.paper import PAPER_DATASETS, TABLE1
-from gradguess.table1 import (PAPER_ARCHITECTURES, as_table, bootstrap_orderings, by_difficulty,
-                              cell_stats, cell_text, gaps, increasing, orderings, paper_mean,
-                              paper_text)
+from gradguess.table1 import (PAPER_ARCHITECTURES, as_table, bootstrap_orderings,
+                              by_difficulty, cell_stats, cell_text, gap_steps, gaps, grows, increasing,
+                              orderings, paper_mean, paper_text, seed_gaps)
 
 PROPOSED = ["activation_mixing", "w_transpose", "downstream"]
 GUESSING = ["directional", "activation_perturbation", *PROPOSED]
@@ -108,3 +110,26 @@ def test_bootstrap_orderings_spread_comes_from_the_seeds():
     diverged = {"a": [run(0.1), {**run(0.99), "diverged": True}], "b": [run(0.5)]}
     fractions = bootstrap_orderings(lambda n, arch, m: diverged[m], [(3, 64)], ["x"], chain, resamples=20)
     assert (fractions == 1).all()
+
+
+def test_seed_gaps_pair_seeds_by_index():
+    run = lambda acc: {"train_acc": [acc], "test_acc": [acc], "diverged": False}
+    # seed 0: backprop 0.9, guessing 0.5 and 0.7 -> gap 30; seed 1: 0.8 vs 0.6, 0.6 -> gap 20
+    cells = {"backprop": [run(0.9), run(0.8)], "g1": [run(0.5), run(0.6)], "g2": [run(0.7), run(0.6)]}
+    per_seed = seed_gaps(lambda n, a, m: cells[m], [(3, 64)], ["x"], ["g1", "g2"], "train")
+    assert per_seed.shape == (1, 2) and np.allclose(per_seed, [[30, 20]])
+    # a diverged guessing run leaves its seed's mean to the others
+    cells["g2"][1] = {**run(0.99), "diverged": True}
+    assert np.allclose(seed_gaps(lambda n, a, m: cells[m], [(3, 64)], ["x"], ["g1", "g2"], "train"), [[30, 20]])
+
+
+def test_gap_steps_and_grows_decide_against_the_seed_noise():
+    clear = [[10, 12, 11], [30, 31, 29]]  # a step of 19, SE about 1.2
+    steps = gap_steps(clear)
+    assert len(steps) == 1 and math.isclose(steps[0][0], 19)
+    assert math.isclose(steps[0][1], math.hypot(*(np.std(r, ddof=1) / math.sqrt(3) for r in clear)))
+    assert grows(steps) is True
+    assert grows(gap_steps(clear[::-1])) is False  # a reversed step
+    assert grows(gap_steps([[10, 20, 30], [12, 22, 32]])) is None  # +2 within its noise
+    assert grows(gap_steps([[10, 12, 11], [30, 31, 29], [5, 7, 6]])) is False  # any reversed step fails it
+    assert grows([]) is False  # one dataset decides nothing

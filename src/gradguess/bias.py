@@ -2,11 +2,11 @@
 
 A guess y with E[y] = 0 steps along g_hat = (g.y) y, whose mean is E[y y^T] g = Cov(y) g: the
 bias is (Cov(y) - I) g. This module draws many guesses of one method for one input
-(`guess_samples`), estimates both sides of that identity by Monte Carlo (`mean_step`,
-`covariance_step`, `expectation_check`), computes W^T's covariance step analytically
+(`guess_samples`), estimates both sides of that identity by Monte Carlo, with the sampling
+noise of their difference (`mean_step`, `covariance_step`, `expectation_check`), computes W^T's covariance step analytically
 (`w_transpose_expected_step`), measures the toy bias of J = 2^k I (`toy_bias`), and follows
 the cosine of an average of K guesses with the true gradient as K grows (`averaged_cosines`,
-`signal_to_noise_growth`), the left panel of Fig. 3.
+`signal_to_noise_exponent`), the left panel of Fig. 3.
 """
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from .models import Trace
 
 # the columns of `expectation_check`
 RELATIVE = "|mean (g.y)y - Cov(y)g| / |Cov(y)g|"
-ERROR = "Monte Carlo error / |Cov(y)g|"
+NOISE = "Monte Carlo noise of the difference / |Cov(y)g|"
 COSINE = "cos(Cov(y)g, g)"
 
 _MIXING_CHUNK = 256  # mixing's guesses are drawn this many at a time
@@ -87,10 +87,15 @@ def mean_step(ys: Tensor, g: Tensor) -> Tensor:
     return ((ys @ g)[:, None] * ys).mean(0)
 
 
-def step_standard_error(ys: Tensor, g: Tensor) -> float:
-    """|standard error of `mean_step`|: the norm of the per-coordinate std / sqrt(n)."""
+def step_standard_errors(ys: Tensor, g: Tensor) -> Tensor:
+    """The standard error of each coordinate of `mean_step`: std_j((g.y_j) y_j) / sqrt(n)."""
     steps = (ys @ g)[:, None] * ys
-    return float((steps.std(0) / np.sqrt(len(steps))).norm())
+    return steps.std(0) / np.sqrt(len(steps))
+
+
+def step_standard_error(ys: Tensor, g: Tensor) -> float:
+    """|standard error of `mean_step`|: the norm of `step_standard_errors`."""
+    return float(step_standard_errors(ys, g).norm())
 
 
 def covariance_step(ys: Tensor, g: Tensor) -> Tensor:
@@ -99,14 +104,15 @@ def covariance_step(ys: Tensor, g: Tensor) -> Tensor:
 
 
 def expectation_check(ys: Tensor, g: Tensor, *, others: Tensor | None = None,
-                      expected: Tensor | None = None, standard_error: bool = True) -> dict:
+                      expected: Tensor | None = None) -> dict:
     """A.1's identity E[(g.y) y] = Cov(y) g, by Monte Carlo: the mean step of the guesses
     ``ys`` against Cov(y) g estimated from independent guesses ``others``, or against a
     known ``expected`` step (give one of the two).
 
-    Returns `RELATIVE` |mean step - Cov(y)g| / |Cov(y)g|, `ERROR` the mean step's standard
-    error relative to |Cov(y)g| (NaN without ``standard_error``) and `COSINE`
-    cos(Cov(y)g, g), 1 for an unbiased guess.
+    Returns `RELATIVE` |mean step - Cov(y)g| / |Cov(y)g|; `NOISE`, the norm of the standard
+    error of that difference, sqrt(se_ys^2 + se_others^2) per coordinate, over |Cov(y)g| (the
+    size the difference has from sampling alone: (Y^T Y / n) g is itself a mean step); and
+    `COSINE` cos(Cov(y)g, g), 1 for an unbiased guess.
     """
     if (others is None) == (expected is None):
         raise ValueError("give either others (guesses to estimate Cov(y) g from) or expected")
@@ -114,9 +120,12 @@ def expectation_check(ys: Tensor, g: Tensor, *, others: Tensor | None = None,
         if t is not None and (t.dim() != 2 or t.shape[1] != g.shape[-1]):
             raise ValueError(f"{name} must be [n, {g.shape[-1]}] like g, got {list(t.shape)}")
     predicted = covariance_step(others, g) if expected is None else expected
+    variance = step_standard_errors(ys, g) ** 2
+    if others is not None:
+        variance = variance + step_standard_errors(others, g) ** 2
     scale = float(predicted.norm())
-    return {RELATIVE: float((mean_step(ys, g) - predicted).norm() / predicted.norm()),
-            ERROR: step_standard_error(ys, g) / scale if standard_error else float("nan"),
+    return {RELATIVE: float((mean_step(ys, g) - predicted).norm()) / scale,
+            NOISE: float(variance.sum().sqrt()) / scale,
             COSINE: cosine_similarity(predicted, g)}
 
 
@@ -228,6 +237,13 @@ def signal_to_noise_growth(curve, decade: int = 10) -> float:
     if len(curve) < decade:
         raise ValueError(f"a curve of {len(curve)} values has no decade of K to grow over")
     return float(signal_to_noise(curve[-1]) / signal_to_noise(curve[len(curve) // decade - 1]))
+
+
+def signal_to_noise_exponent(curve, decade: int = 10) -> float:
+    """The growth exponent of the signal-to-noise of a curve of `averaged_cosines` over its last
+    decade of K, the log-log slope log(SNR(n) / SNR(n/decade)) / log(decade): 1 for an unbiased
+    average (SNR grows like K), 0 once it has saturated at Cov(y) g's cosine (Fig. 3)."""
+    return float(np.log(signal_to_noise_growth(curve, decade)) / np.log(decade))
 
 
 def mean_guess_cosine(model, inputs: Tensor, targets: Tensor, method: str,

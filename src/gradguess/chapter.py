@@ -107,6 +107,7 @@ def start(name: str, *, scale: str = "small", device: str = "auto", dataset: str
     chapter = Chapter(name, run_scale, chapter_settings(name, run_scale.name),
                       resolve_device(device), seed, dataset, cache)
     plotting.set_style()
+    pd.set_option("display.max_colwidth", None)  # a ledger's text whole, never cut to "..."
     # TF32 matmuls on a GPU only where a chapter's settings allow it (what it measures is
     # accuracy, not a cosine); provenance records the mode
     torch.backends.cuda.matmul.allow_tf32 = bool(getattr(chapter.settings, "tf32", False))

@@ -78,6 +78,9 @@ def _every_layer(guess_at, model, trace, generator, **options) -> list[Tensor]:
             for i in range(len(model.layers))]
 
 
+MIXING_NORMALISATIONS = ("per_example", "overall")  # `activation_mixing_at`'s scales
+
+
 # --- activation-space guesses ------------------------------------------------------------
 # Each method is a per-layer function ``*_at(model, pre, i, generator, **options)``, giving
 # y_i from the pre-activations s_0 .. s_{i+1} (so a single forward pass can draw it), and the
@@ -91,16 +94,25 @@ def activation_perturbation_at(model, pre, i, generator) -> Tensor:
     return _normal_like(pre[i], generator)
 
 
-def activation_mixing_at(model, pre, i, generator) -> Tensor:
+def activation_mixing_at(model, pre, i, generator, normalise: str = "per_example") -> Tensor:
     """Activation mixing (paper §2.2, A.4).
 
-    y_i[b] = mask(s_i[b]) * sum_c alpha[b, c] x_{i+1}[c],  alpha ~ N(0, 1),
+    y_i[b] = c * mask(s_i[b]) * sum_c alpha[b, c] x_{i+1}[c],  alpha ~ N(0, 1),
 
     a random combination of the batch's post-activations x_{i+1} = ReLU(s_i), times the
-    example's ReLU mask, normalised per example to the norm sqrt(d_i) of an N(0, I) guess
-    so that every layer weighs alike in a global JVP. The last layer (no activations to
-    mix) gets a random normal guess.
+    example's ReLU mask. A.4 says only "we normalize the overall guess"; ``normalise`` picks
+    the scale c, so that every layer weighs alike in a global JVP:
+
+    - ``"per_example"`` (default): each example's guess to the norm sqrt(d_i) of an N(0, I)
+      guess of one example;
+    - ``"overall"``, the literal reading: one scale for the layer's whole guess, its norm over
+      the batch sqrt(B d_i), that of an N(0, I) guess of the same shape (per replicate when
+      stacked). Examples keep their relative sizes.
+
+    The last layer (no activations to mix) gets a random normal guess.
     """
+    if normalise not in MIXING_NORMALISATIONS:
+        raise ValueError(f"unknown normalise {normalise!r}; known: {', '.join(MIXING_NORMALISATIONS)}")
     s = pre[i]
     if successor(model, i) is None:
         return _normal_like(s, generator)
@@ -113,9 +125,11 @@ def activation_mixing_at(model, pre, i, generator) -> Tensor:
     else:
         alpha = _random(torch.randn, (*s.shape[:lead], batch, batch), generator, s)
     mixed = (alpha @ acts.flatten(lead + 1)).view_as(acts) * mask  # sum_c alpha[b, c] x[c]
-    norm = mixed.flatten(lead + 1).norm(dim=-1).clamp_min(1e-12)
-    scale = math.sqrt(s[(0,) * (lead + 1)].numel()) / norm
-    return mixed * scale.view(*scale.shape, *([1] * (s.dim() - lead - 1)))
+    # the norms are taken over one example (per_example) or over the batch too (overall)
+    flat = mixed.flatten(lead + 1) if normalise == "per_example" else mixed.flatten(lead)
+    norm = flat.norm(dim=-1).clamp_min(1e-12)
+    scale = math.sqrt(flat.shape[-1]) / norm
+    return mixed * scale.view(*scale.shape, *([1] * (s.dim() - scale.dim())))
 
 
 def w_transpose_at(model, pre, i, generator, weights=None) -> Tensor:
@@ -172,9 +186,9 @@ def activation_perturbation_guess(model, trace, generator) -> list[Tensor]:
     return _every_layer(activation_perturbation_at, model, trace, generator)
 
 
-def activation_mixing_guess(model, trace, generator) -> list[Tensor]:
+def activation_mixing_guess(model, trace, generator, normalise: str = "per_example") -> list[Tensor]:
     """`activation_mixing_at` for every layer."""
-    return _every_layer(activation_mixing_at, model, trace, generator)
+    return _every_layer(activation_mixing_at, model, trace, generator, normalise=normalise)
 
 
 def w_transpose_guess(model, trace, generator) -> list[Tensor]:

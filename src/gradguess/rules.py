@@ -80,3 +80,12 @@ def history():
              "after a run": "yes" if entry["after_run"] else "no"}
             for r in load().values() for entry in r.history]
     return pd.DataFrame(rows).set_index("claim")
+
+
+def rules_table(chapter: str):
+    """A chapter's rules as the reader sees them: statistic, uncertainty and rule per claim
+    (a pandas Styler; the text is HTML-escaped, since rules contain '<')."""
+    import pandas as pd
+    table = pd.DataFrame({claim: {"statistic": r.statistic, "uncertainty": r.uncertainty, "rule": r.text}
+                          for claim, r in chapter_rules(chapter).items()}).T
+    return table.style.format(escape="html").set_properties(**{"text-align": "left"})

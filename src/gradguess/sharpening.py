@@ -1,10 +1,14 @@
-"""Summaries of the self-sharpening runs: per-epoch series of probes over seeds, window means.
+"""Summaries of the self-sharpening runs: per-epoch series of probes over seeds, window means;
+Fig. 4's correlations over p, replicate by replicate, and the verdict their range gives.
 
 The runs are `gradguess.training.train_mlp` histories probed before the first epoch and after
 each one (`gradguess.training.probe`): ``layer_cosines`` and ``effective_rank`` hold one list
 per probe, one value per layer.
 """
 import numpy as np
+
+from .ledger import banded
+from .metrics import rank_correlation
 
 def hidden_cosine(history: dict) -> list[float]:
     """Per probe, the mean cosine of the guess over the layers before the last (the last
@@ -37,3 +41,19 @@ def window_means(values: np.ndarray, window: int = 5) -> tuple[float, float]:
     ``window`` records, all seeds together (one epoch's probe is noisy)."""
     values = np.asarray(values, dtype=float)
     return float(values[:, 1:1 + window].mean()), float(values[:, -window:].mean())
+
+
+def correlations_by_replicate(powers, values) -> np.ndarray:
+    """Spearman's correlation over ``powers`` of ``values`` [p, replicate], one per replicate."""
+    values = np.asarray(values, dtype=float)
+    return np.array([rank_correlation(powers, values[:, r]) for r in range(values.shape[1])])
+
+
+def range_holds(correlations, threshold: float, *, at_most: bool = False) -> bool | None:
+    """Three-valued, over the range [min, max] of the replicates' ``correlations`` (NaN left
+    out): whether they are >= ``threshold`` (or <= it, ``at_most``): True if the whole range
+    is, False if none is, None (undecided) if the range straddles the threshold."""
+    low, high = np.nanmin(correlations), np.nanmax(correlations)
+    if at_most:  # x <= t is -x >= -t
+        low, high, threshold = -high, -low, -threshold
+    return banded(low, high, reproduced_at=threshold)["reproduced"]

@@ -63,19 +63,42 @@ def class_directions(model, data, generator, per_class: int,
     return out
 
 
-def pc_similarity(directions: list[ClassDirections], generator,
-                  random_directions: int = 1000) -> dict[str, float]:
-    """Mean over classes of |cos| between a class's gradient PC and its own input PC ("same
-    class"), the other classes' input PCs ("other classes"), and ``random_directions`` uniform
-    random unit vectors ("random direction", about sqrt(2 / (pi d)) in d dimensions)."""
-    same = np.mean([abs(float(d.gradient @ d.inputs)) for d in directions])
-    other = np.mean([abs(float(d.gradient @ directions[c2].inputs))
-                     for c, d in enumerate(directions) for c2 in range(len(directions)) if c2 != c])
+def pc_similarity_per_class(directions: list[ClassDirections], generator,
+                            random_directions: int = 1000) -> pd.DataFrame:
+    """One row per class c: |cos| between c's gradient PC and its own input PC ("same class"),
+    the mean over the other classes' input PCs ("other classes"), and the mean over
+    ``random_directions`` uniform random unit vectors ("random direction", about
+    sqrt(2 / (pi d)) in d dimensions; the same vectors for every class)."""
     first = directions[0].gradient
     randoms = F.normalize(torch.randn(random_directions, first.numel(), generator=generator,
                                       device=first.device), dim=1)
-    random = np.mean([float((randoms @ d.gradient).abs().mean()) for d in directions])
-    return {"same class": same, "other classes": other, "random direction": random}
+    rows = [{"same class": abs(float(d.gradient @ d.inputs)),
+             "other classes": np.mean([abs(float(d.gradient @ other.inputs))
+                                       for c2, other in enumerate(directions) if c2 != c]),
+             "random direction": float((randoms @ d.gradient).abs().mean())}
+            for c, d in enumerate(directions)]
+    return pd.DataFrame(rows)
+
+
+def pc_similarity(directions: list[ClassDirections], generator,
+                  random_directions: int = 1000) -> dict[str, float]:
+    """`pc_similarity_per_class`, averaged over the classes."""
+    return pc_similarity_per_class(directions, generator, random_directions).mean().to_dict()
+
+
+def bootstrap_ratio_interval(numerator, denominator, generator: np.random.Generator, *,
+                             level: float = 0.9, resamples: int = 2000) -> tuple[float, float]:
+    """The ``level`` percentile bootstrap interval of mean(numerator) / mean(denominator),
+    the pairs (numerator[j], denominator[j]) resampled with replacement: for Fig. 6 right, the
+    curves' projection cosines onto the activations' top-k subspace against a random one."""
+    numerator, denominator = np.asarray(numerator, float), np.asarray(denominator, float)
+    if numerator.shape != denominator.shape or numerator.ndim != 1 or len(numerator) < 2:
+        raise ValueError("a bootstrap needs two equally long 1-d samples of at least 2 values")
+    picks = generator.integers(0, len(numerator), size=(resamples, len(numerator)))
+    ratios = numerator[picks].mean(1) / denominator[picks].mean(1)
+    tail = (1 - level) / 2
+    low, high = np.quantile(ratios, [tail, 1 - tail])
+    return float(low), float(high)
 
 
 def subspace_scores(model, data, k_values, generator, *, reference: int,

@@ -1,5 +1,6 @@
 """Table 1's statistics: a cell's mean ± std over seeds, the claimed pairwise orderings
-(T1-order), the gap to backprop by dataset (T1-gap).
+(T1-order), the gap to backprop by dataset and its steps' standard errors over seeds (T1-gap),
+a seed mean's standard error (T1-sharp) and an accuracy's binomial one (F8-adam).
 
 A cell is one dataset, architecture ``(depth, width)``, method and split (``"train"`` or
 ``"test"``); its numbers are accuracies in percent. The orderings and gaps read cells through a
@@ -12,8 +13,10 @@ import numpy as np
 import pandas as pd
 
 from .histories import final, seed_summary
+from .ledger import all_of, exceeds
 from .methods import get_method
 from .paper import TABLE1
+from .uncertainty import mean_and_se
 
 SPLITS = ("train", "test")
 PAPER_ARCHITECTURES = tuple(dict.fromkeys((depth, width) for depth, width, *_ in TABLE1))
@@ -70,8 +73,9 @@ def bootstrap_orderings(histories_of, archs, names, chain, *, resamples: int = 1
     """T1-order's fraction of the claimed orderings that hold (`orderings`), on ``resamples``
     bootstrap resamples of the seeds: each cell's mean over its runs drawn with replacement.
     ``histories_of(name, arch, method)`` gives a cell's runs, one per seed; diverged runs stay
-    out, as in `cell_stats`. The spread of the fractions is what another draw of seeds could
-    give, and so what float rounding, which moves a chaotic run as much, could give too."""
+    out, as in `cell_stats`. The spread of the fractions estimates the seed-to-seed spread of
+    the fraction (float rounding can move a chaotic run by as much as a change of seed); with
+    few seeds a bootstrap understates that spread."""
     rng = np.random.default_rng(seed)
     methods = [m for tier in chain for m in tier]
     finals = {(name, arch, m, split): np.array([100 * final(h, f"{split}_acc")
@@ -107,3 +111,30 @@ def increasing(values) -> bool:
     values = np.asarray(values, dtype=float)
     values = values[~np.isnan(values)]
     return len(values) >= 2 and bool(np.all(np.diff(values) > 0))
+
+
+def seed_gaps(histories_of, archs, names, guessing, split: str, reference: str = "backprop") -> np.ndarray:
+    """T1-gap's gap seed by seed, [dataset of ``names``, seed]: for seed k (runs paired by their
+    index), the mean over ``archs`` of reference_k - mean over ``guessing`` methods of m_k, final
+    ``split`` accuracies in %; a diverged run is left out of every mean it would enter."""
+    def accs(name, arch, m):
+        return np.array([100 * final(h, f"{split}_acc") for h in histories_of(name, arch, m)])
+
+    return np.array([np.nanmean([accs(name, a, reference) - np.nanmean([accs(name, a, m) for m in guessing], 0)
+                                 for a in archs], 0)
+                     for name in names])
+
+
+def gap_steps(per_seed) -> list[tuple[float, float]]:
+    """The steps between consecutive datasets' gaps ([dataset, seed], `seed_gaps`), each with
+    its standard error: step = mean(gap_j+1) - mean(gap_j), SE = sqrt(SE_j^2 + SE_j+1^2), each
+    SE over seeds (`uncertainty.mean_and_se`). Unpaired: where one seed's runs on two datasets correlate
+    (they may share an initialisation), it overstates the noise rather than understates it."""
+    stats = [mean_and_se(row) for row in np.asarray(per_seed, dtype=float)]
+    return [(m2 - m1, float(np.hypot(s1, s2))) for (m1, s1), (m2, s2) in zip(stats, stats[1:])]
+
+
+def grows(steps, z: float = 2.0) -> bool | None:
+    """Three-valued: whether every step (`gap_steps`) is above 0 beyond ``z`` standard errors
+    (None if none is below but some is within them); False with no step to decide."""
+    return all_of(*(exceeds(step, 0, se, z) for step, se in steps)) if steps else False

@@ -1,0 +1,63 @@
+"""The uncertainty of the statistics that decide the verdicts: standard errors over seeds,
+inputs or steps, binomial standard errors of accuracies, and comparisons of (mean, standard
+error) pairs decided only beyond their noise (`ledger.exceeds`: True, False, or None where the
+noise cannot decide)."""
+import math
+
+import numpy as np
+
+from .ledger import exceeds
+
+
+def mean_and_se(values) -> tuple[float, float]:
+    """The mean of the finite ``values`` (one per seed, input or step) and its standard error
+    s / sqrt(n), s the sample standard deviation; NaN where fewer than two are finite (a NaN
+    standard error leaves every comparison undecided)."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    mean = float(values.mean()) if len(values) else float("nan")
+    if len(values) < 2:
+        return mean, float("nan")
+    return mean, float(values.std(ddof=1) / math.sqrt(len(values)))
+
+
+def binomial_se(accuracy: float, n: int) -> float:
+    """sqrt(p (1 - p) / n): the standard error of an accuracy p measured on n images (the noise
+    of the images drawn; the spread between training runs is not in it)."""
+    p = float(np.clip(accuracy, 0.0, 1.0))
+    return math.sqrt(p * (1 - p) / n)
+
+
+def difference(a: tuple[float, float], b: tuple[float, float], weight: float = 1.0) -> tuple[float, float]:
+    """a - weight * b for two independent (mean, SE) pairs, with SE sqrt(se_a^2 + weight^2 se_b^2)."""
+    return a[0] - weight * b[0], math.hypot(a[1], weight * b[1])
+
+
+def accuracy_difference(a: float, b: float, n: int, weight: float = 1.0) -> tuple[float, float]:
+    """a - weight * b for two accuracies each measured on n images, in percentage points, with
+    its binomial standard error in points."""
+    gap, se = difference((a, binomial_se(a, n)), (b, binomial_se(b, n)), weight)
+    return 100 * gap, 100 * se
+
+
+def below(a: tuple[float, float], b: tuple[float, float], z: float = 2.0) -> bool | None:
+    """a < b beyond z standard errors of the difference; a and b are (mean, SE) pairs."""
+    gap, se = difference(b, a)
+    return exceeds(gap, 0.0, se, z)
+
+
+def ratio_at_least(a: tuple[float, float], b: tuple[float, float], threshold: float,
+                   z: float = 2.0) -> bool | None:
+    """a / b >= threshold, decided on a log scale: log(a / b) has the delta-method standard
+    error sqrt((se_a / a)^2 + (se_b / b)^2)."""
+    return exceeds(math.log(a[0] / b[0]), math.log(threshold), math.hypot(a[1] / a[0], b[1] / b[0]), z)
+
+
+def ratio_factor(a: tuple[float, float], b: tuple[float, float], z: float = 2.0) -> float:
+    """The factor exp(z * SE of log(a / b)) within which the ratio a / b is known."""
+    return math.exp(z * math.hypot(a[1] / a[0], b[1] / b[0]))
+
+
+def decided(condition: bool | None) -> str:
+    """How a three-valued condition reads in a table."""
+    return {True: "holds", False: "fails", None: "undecided"}[condition]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gradguess.uncertainty import (accuracy_difference, below, binomial_se, decided, difference, mean_and_se,
-                                   ratio_at_least, ratio_factor)
+                                   paired_difference, ratio_at_least, ratio_factor)
 
 
 def test_mean_and_se_is_the_sample_standard_error_of_the_finite_values():
@@ -51,3 +51,14 @@ def test_ratio_at_least_on_a_log_scale():
 
 def test_decided_names_the_three_values():
     assert [decided(c) for c in (True, False, None)] == ["holds", "fails", "undecided"]
+
+
+def test_paired_difference_adds_the_seed_spread_to_the_binomial_error():
+    gap, se = paired_difference([0.80, 0.82], [0.60, 0.61], 1000)
+    assert gap == pytest.approx(20.5)
+    seed_se = np.std([20.0, 21.0], ddof=1) / math.sqrt(2)
+    binomial = accuracy_difference(0.81, 0.605, 1000)[1] / math.sqrt(2)
+    assert se == pytest.approx(math.hypot(seed_se, binomial))
+    # seeds that agree exactly still leave the binomial error; one seed leaves it undecided
+    assert paired_difference([0.8, 0.8], [0.6, 0.6], 1000)[1] > 0
+    assert math.isnan(paired_difference([0.8], [0.6], 1000)[1])

@@ -40,6 +40,17 @@ def accuracy_difference(a: float, b: float, n: int, weight: float = 1.0) -> tupl
     return 100 * gap, 100 * se
 
 
+def paired_difference(a, b, n: int, weight: float = 1.0) -> tuple[float, float]:
+    """a - weight * b for the accuracies of runs paired by seed (one per seed, each measured on n
+    images), in percentage points: the mean of the per-seed differences and its standard error
+    over seeds, with the binomial error of the mean difference added (a few seeds can agree by
+    chance; a single run's binomial error alone understates its noise several times over)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    mean, se = mean_and_se(100 * (a - weight * b))
+    binomial = accuracy_difference(float(a.mean()), float(b.mean()), n, weight)[1] / math.sqrt(len(a))
+    return mean, math.hypot(se, binomial)
+
+
 def below(a: tuple[float, float], b: tuple[float, float], z: float = 2.0) -> bool | None:
     """a < b beyond z standard errors of the difference; a and b are (mean, SE) pairs."""
     gap, se = difference(b, a)

@@ -19,6 +19,7 @@ book/executed/small/<name>.ipynb, kept (committed) for as long as a larger run i
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -72,7 +73,31 @@ def execute(chapter: str, scale: str, device: str, dataset: str | None, seed: in
                                    kernel_name="python3", progress_bar=False)
     print(f"{chapter}: executed at {scale} scale in {time.perf_counter() - start:.0f} s -> "
           f"{out.relative_to(ROOT)}")
+    merge_parameters(out)
     return out
+
+
+def merge_parameters(notebook: Path) -> None:
+    """Show one parameters cell, not two: the values papermill injected replace the defaults
+    in the chapter's own cell (its comments kept), and the injected cell goes. What the page
+    shows is what ran; the notebook's papermill metadata keeps the injected values too."""
+    nb = nbformat.read(notebook, as_version=4)
+    tagged = lambda tag: [c for c in nb.cells if tag in c.metadata.get("tags", [])]
+    own, injected = tagged("parameters"), tagged("injected-parameters")
+    if len(own) != 1 or len(injected) != 1:
+        return
+    values = nb.metadata["papermill"]["parameters"]
+    lines = own[0].source.splitlines()
+    for i, line in enumerate(lines):
+        match = re.match(r"(\w+)(\s*=\s*)(.*?)(\s*#.*)?$", line)
+        if match and match[1] in values:
+            value = repr(values[match[1]]).replace("'", '"')
+            comment = match[4] or ""
+            width = len(match[3]) + len(comment) - len(comment.lstrip())  # keep comments aligned
+            lines[i] = match[1] + match[2] + (value.ljust(width) + comment.lstrip() if comment else value)
+    own[0].source = "\n".join(lines)
+    nb.cells.remove(injected[0])
+    nbformat.write(nb, notebook)
 
 
 def small_copy(chapter: str) -> Path:
@@ -83,6 +108,7 @@ def small_copy(chapter: str) -> Path:
 def promote(chapter: str, scale: str) -> None:
     """Make this scale's run the rendered one, unless a larger-scale run is rendered now; keep
     the small-scale execution that CI compares with (`small_executions`)."""
+    merge_parameters(RUNS / scale / f"{chapter}.ipynb")  # runs executed elsewhere, too
     rendered = EXECUTED / f"{chapter}.ipynb"
     current = executed_scale(rendered)
     if current is not None and SCALE_RANK.get(current, -1) > SCALE_RANK[scale]:

@@ -20,8 +20,10 @@ REQUIRED_PARAMETERS = ("scale", "device", "dataset", "seed")
 
 
 def code_sources(notebook) -> list[str]:
+    """Code cells but the parameters, whose executed copy shows the values that ran."""
+    skip = {"parameters", "injected-parameters"}
     return [c.source.strip() for c in notebook.cells
-            if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+            if c.cell_type == "code" and not skip & set(c.metadata.get("tags", []))]
 
 
 def test_sources_are_text_only_myst_notebooks():
@@ -44,6 +46,18 @@ def test_each_source_has_a_parameters_cell(name):
     assert len(cells) == 1, f"{name}: exactly one parameters-tagged cell"
     for parameter in REQUIRED_PARAMETERS:
         assert f"{parameter} =" in cells[0].source, f"{name}: parameter {parameter} missing"
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_executed_page_shows_one_parameters_cell_with_the_values_that_ran(name):
+    notebook = nbformat.read(EXECUTED / f"{name}.ipynb", as_version=4)
+    tags = [c.metadata.get("tags", []) for c in notebook.cells]
+    assert not any("injected-parameters" in t for t in tags), f"{name}: papermill's cell shown too"
+    [cell] = [c for c, t in zip(notebook.cells, tags) if "parameters" in t]
+    namespace = {}
+    exec(cell.source, namespace)
+    for key, value in notebook.metadata["papermill"]["parameters"].items():
+        assert namespace[key] == value, f"{name}: the page shows {key} = {namespace[key]!r}, ran {value!r}"
 
 
 @pytest.mark.parametrize("name", CHAPTERS)

@@ -83,3 +83,18 @@ def test_promote_only_renders_runs_executed_elsewhere_without_executing(execute,
     execute.main()  # "other" has no gpu run: left alone
     assert rendered_marker(execute, "ch") == "gpu run"
     assert execute.small_executions() == [execute.small_copy("ch")]
+
+
+def test_the_injected_values_replace_the_defaults_in_one_parameters_cell(execute, tmp_path):
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["papermill"] = {"parameters": {"scale": "gpu", "seed": 3}}
+    own = nbformat.v4.new_code_cell('scale = "small"  # the scale\ndevice = "auto"\nseed = 0')
+    own.metadata["tags"] = ["parameters"]
+    injected = nbformat.v4.new_code_cell('# Parameters\nscale = "gpu"\nseed = 3\n')
+    injected.metadata["tags"] = ["injected-parameters"]
+    notebook.cells += [own, injected, nbformat.v4.new_code_cell("x = 1")]
+    path = tmp_path / "chapter.ipynb"
+    nbformat.write(notebook, path)
+    execute.merge_parameters(path)
+    cells = nbformat.read(path, as_version=4).cells
+    assert [c.source for c in cells] == ['scale = "gpu"    # the scale\ndevice = "auto"\nseed = 3', "x = 1"]

@@ -3,8 +3,11 @@ in headless Chromium (Debian's, driven by Playwright; no browser download).
 
 A page fails on a console error, a request to any other host, a broken image, math left
 unrendered (math markup but no MathJax output), or a glued value (``{glue:text}``) that does
-not appear in the page's text. Runs when ``GRADGUESS_BROWSER_TEST=1`` (``make test`` sets it
-after building the book); then a missing build or browser is a failure, not a skip.
+not appear in the page's text. At a reader's 1280x900 window it also fails on a table wider
+than the text column, ``$...$`` left as text outside math and code, or a table cell cut to
+"...". Every page is screenshotted whole to ``_build/screenshots/`` for a person to look at.
+Runs when ``GRADGUESS_BROWSER_TEST=1`` (``make test`` sets it after building the book); then a
+missing build or browser is a failure, not a skip.
 """
 import functools
 import http.server
@@ -20,6 +23,27 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "_build" / "html"
+SCREENSHOTS = ROOT / "_build" / "screenshots"
+VIEWPORT = {"width": 1280, "height": 900}
+# What a reader sees at that width, in the page's main column (article): tables sticking out of
+# it, dollar-delimited math that MathJax never saw, and table cells cut short.
+READER_CHECKS = """() => {
+  const main = document.querySelector("main");
+  const column = (main.querySelector("article") || main).getBoundingClientRect();
+  const wide = [...main.querySelectorAll("table")]
+    .filter(t => t.offsetParent !== null && t.getBoundingClientRect().right > column.right + 1)
+    .map(t => t.innerText.slice(0, 60).replace(/\\s+/g, " "));
+  const dollars = [];
+  const walker = document.createTreeWalker(main, NodeFilter.SHOW_TEXT);
+  while (walker.nextNode()) {
+    const node = walker.currentNode;
+    if (node.parentElement.closest("pre, code, mjx-container, script, style, .math, .highlight")) continue;
+    if (/\\$[^$\\s][^$]*\\$/.test(node.textContent)) dollars.push(node.textContent.slice(0, 80));
+  }
+  const cut = [...main.querySelectorAll("td, th")].map(c => c.innerText.trim())
+    .filter(s => s.endsWith("...") || s.endsWith("\\u2026")).map(s => s.slice(-60));
+  return {wide, dollars, cut};
+}"""
 ENABLED = os.environ.get("GRADGUESS_BROWSER_TEST") == "1"
 pytestmark = pytest.mark.skipif(not ENABLED, reason="set GRADGUESS_BROWSER_TEST=1 (make test does)")
 PAGES = sorted(p.relative_to(BUILD).as_posix() for p in BUILD.rglob("*.html")
@@ -77,7 +101,7 @@ def glued_values(page: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("page", PAGES)
 def test_page_renders_whole_and_offline(site, browser, page):
-    tab = browser.new_page()
+    tab = browser.new_page(viewport=VIEWPORT)
     errors, foreign = [], []
     tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     tab.on("pageerror", lambda e: errors.append(str(e)))
@@ -97,6 +121,12 @@ def test_page_renders_whole_and_offline(site, browser, page):
     text = tab.inner_text("main")
     missing = {k: v for k, v in glued_values(page).items() if v not in text}
     assert not missing, f"{page}: glued values not on the page {missing}"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    tab.screenshot(path=str(SCREENSHOTS / (page.replace("/", "_").removesuffix(".html") + ".png")), full_page=True)
+    found = tab.evaluate(READER_CHECKS)
+    assert not found["wide"], f"{page}: tables wider than the text column at 1280 px: {found['wide']}"
+    assert not found["dollars"], f"{page}: $...$ shown as text, not math: {found['dollars']}"
+    assert not found["cut"], f"{page}: table cells cut to '...': {found['cut']}"
     tab.close()
 
 

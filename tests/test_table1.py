@@ -30,7 +30,9 @@ def test_paper_table_layout():
     methods = [*GUESSING, "backprop"]
     table = as_table(paper_text, PAPER_ARCHITECTURES, methods, PAPER_DATASETS)
     assert table.shape == (4 * 6, 2 * 4)
-    assert table["train", "cifar10"]["D:6, W:1024", plotting.label("activation_perturbation")] == "26.9 ± 1.6"
+    assert table["train", "cifar10"]["6×1024", plotting.label("activation_perturbation")] == "26.9 ± 1.6"
+    test = as_table(paper_text, PAPER_ARCHITECTURES, methods, PAPER_DATASETS, splits=["test"])
+    assert list(test.columns) == list(PAPER_DATASETS) and test.equals(table["test"])
     assert paper_mean("mnist", (3, 128), "backprop", "test") == TABLE1[3, 128, "backprop", "test", "mnist"][0]
 
 

@@ -22,7 +22,7 @@ SPACES = ("activations", "weights", "exact", "none")
 @dataclass(frozen=True)
 class Method:
     name: str
-    label: str  # in figures and tables (matplotlib mathtext)
+    label: str  # in figures and tables: plain text (Wᵀ, not $W^T$), so HTML tables read it too
     color: str
     space: str
     guess: Callable | None = None  # activations: (model, trace, generator, **options) -> [y_i]
@@ -65,7 +65,7 @@ _RECORDS = (
     Method("activation_mixing", "activation mixing", _TAB10[4], "activations",
            guesses.activation_mixing_guess, guesses.activation_mixing_at,
            matmuls={"fused": 3}),  # as activation perturbation, + the B x B mixing
-    Method("w_transpose", "$W^T$", _TAB10[5], "activations",
+    Method("w_transpose", "Wᵀ", _TAB10[5], "activations",
            guesses.w_transpose_guess, guesses.w_transpose_at,
            prompt_guess=guesses.w_transpose_prompt_guess,
            matmuls={"fused": 4, "reference": 5}),  # + the guess eps W; reference: primal again
@@ -74,9 +74,9 @@ _RECORDS = (
     Method("self_sharpening", "self-sharpening", _TAB10[7], "activations",
            guesses.self_sharpening_guess, guesses.self_sharpening_at, needs_targets=True,
            exact_last=True),
-    Method("singular_power", "$W^T$, singular values$^p$", _TAB10[8], "activations",
+    Method("singular_power", "Wᵀ, singular values to the power p", _TAB10[8], "activations",
            guesses.singular_power_guess),
-    Method("w_transpose_debiased", "$W^T$ de-biased", _TAB10[9], "activations",
+    Method("w_transpose_debiased", "Wᵀ de-biased", _TAB10[9], "activations",
            guesses.debiased_w_transpose_guess),
     Method("head_only", "head only", "#999999", "none"),
 )

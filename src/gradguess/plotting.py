@@ -1,7 +1,10 @@
-"""One look for every figure: seaborn's theme; each method's colour and label come from its
-record in `gradguess.methods`."""
+"""One look for every figure and table: seaborn's theme; each method's colour and label come
+from its record in `gradguess.methods`; `table` shows a DataFrame as a reader wants it."""
 import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 import seaborn as sns
+from matplotlib.ticker import MaxNLocator
 
 from .methods import METHODS
 
@@ -18,3 +21,35 @@ def label(method: str) -> str:
 
 def color(method: str):
     return METHODS[method].color if method in METHODS else "gray"
+
+
+def whole_ticks(ax, axis: str = "x") -> None:
+    """Ticks on whole numbers only (epochs, layers): no 1.25 or 2.5 epochs."""
+    getattr(ax, f"{axis}axis").set_major_locator(MaxNLocator(integer=True))
+
+
+def _whole(column: pd.Series) -> bool:
+    values = pd.to_numeric(column, errors="coerce")
+    finite = values[np.isfinite(values)]
+    return (pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+            and len(finite) > 0 and bool((finite == finite.round()).all()))
+
+
+def table(frame: pd.DataFrame, *, digits: int = 1, formats: dict | None = None,
+          caption: str | None = None):
+    """``frame`` as the book shows it: method identifiers (``w_transpose``) in its index and
+    columns replaced by their names (Wᵀ), whole-number columns without decimals, other numbers
+    to ``digits`` decimals or to ``formats[column]`` (a format string or a function), missing
+    values as "–". Text wraps to the page's width (the book's CSS, book/_static/)."""
+    shown = frame.rename(index=label, columns=label)
+    given = {label(k): v for k, v in (formats or {}).items()}
+    chosen = {}
+    for column in shown.columns:
+        if column in given:
+            chosen[column] = given[column]
+        elif _whole(shown[column]):
+            chosen[column] = "{:,.0f}"
+        elif pd.api.types.is_float_dtype(shown[column]):
+            chosen[column] = f"{{:,.{digits}f}}"
+    styler = shown.style.format(chosen, na_rep="–")
+    return styler.set_caption(caption) if caption else styler

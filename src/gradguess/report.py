@@ -10,11 +10,19 @@ from pathlib import Path
 import pandas as pd
 
 from .ledger import CLAIM_IDS, Ledger
+from .methods import METHODS
 from .provenance import _plain
 from .scales import SCALES
 from .settings import SETTINGS
 
 _ROW = re.compile(r"<tr>\s*<th>(.*?)</th>\s*<td>(.*?)</td>\s*</tr>", re.S)
+
+
+def _named(value):
+    """Method identifiers in a setting as the methods' names (the provenance keeps identifiers)."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(_named(v) for v in value)
+    return METHODS[value].label if isinstance(value, str) and value in METHODS else value
 
 
 def scales_table(settings: dict | None = None, scales: dict | None = None, *,
@@ -30,7 +38,7 @@ def scales_table(settings: dict | None = None, scales: dict | None = None, *,
         values = {name: asdict(by_scale[name]) for name in scales if name in by_scale}
         fields = next(iter(values.values()), {})
         for field in fields:
-            row = {name: _plain(values[name][field]) if name in values else "–" for name in scales}
+            row = {name: _plain(_named(values[name][field])) if name in values else "–" for name in scales}
             if not varying_only or len(set(row.values())) > 1:
                 rows[chapter, field] = row
     table = pd.DataFrame.from_dict(rows, orient="index")

@@ -1,6 +1,6 @@
 """Table 1's statistics: a cell's mean ± std over seeds, the claimed pairwise orderings
-(T1-order), the gap to backprop by dataset and its steps' standard errors over seeds (T1-gap),
-a seed mean's standard error (T1-sharp) and an accuracy's binomial one (F8-adam).
+(T1-order), and the gap to backprop by dataset with its steps' standard errors over seeds
+(T1-gap); the standard errors themselves come from `gradguess.uncertainty`.
 
 A cell is one dataset, architecture ``(depth, width)``, method and split (``"train"`` or
 ``"test"``); its numbers are accuracies in percent. The orderings and gaps read cells through a
@@ -16,7 +16,7 @@ from .histories import final, seed_summary
 from .ledger import all_of, exceeds
 from .methods import get_method
 from .paper import TABLE1
-from .uncertainty import mean_and_se
+from .uncertainty import difference, mean_and_se
 
 SPLITS = ("train", "test")
 PAPER_ARCHITECTURES = tuple(dict.fromkeys((depth, width) for depth, width, *_ in TABLE1))
@@ -47,13 +47,20 @@ def paper_text(name: str, arch: tuple[int, int], method: str, split: str) -> str
     return cell_text(*TABLE1[(*arch, method, split, name)])
 
 
-def as_table(text_of, archs, methods, names) -> pd.DataFrame:
-    """Table 1's layout: a column per split and dataset of ``names``, a row per architecture
-    and method, each entry ``text_of(name, arch, method, split)``."""
-    return pd.DataFrame(
-        {(split, name): {(f"D:{d}, W:{w}", get_method(m).label): text_of(name, (d, w), m, split)
+def arch_label(arch: tuple[int, int]) -> str:
+    """An architecture ``(depth, width)`` as tables and figures name it: ``3×128``."""
+    return f"{arch[0]}×{arch[1]}"
+
+
+def as_table(text_of, archs, methods, names, splits=SPLITS) -> pd.DataFrame:
+    """Table 1's layout: a column per split of ``splits`` and dataset of ``names``, a row per
+    architecture (`arch_label`) and method, each entry ``text_of(name, arch, method, split)``.
+    With one split, a column per dataset."""
+    table = pd.DataFrame(
+        {(split, name): {(arch_label((d, w)), get_method(m).label): text_of(name, (d, w), m, split)
                          for d, w in archs for m in methods}
-         for split in SPLITS for name in names})
+         for split in splits for name in names})
+    return table.droplevel(0, axis=1) if len(splits) == 1 else table
 
 
 def orderings(mean_of, archs, names, chain) -> list[bool]:
@@ -107,7 +114,8 @@ def by_difficulty(names) -> list[str]:
 
 
 def increasing(values) -> bool:
-    """Whether the values that are not NaN strictly increase (and there are at least two)."""
+    """Whether the values that are not NaN strictly increase (and there are at least two): the
+    paper's own gaps, without their noise (T1-gap on our runs decides with `grows`)."""
     values = np.asarray(values, dtype=float)
     values = values[~np.isnan(values)]
     return len(values) >= 2 and bool(np.all(np.diff(values) > 0))
@@ -131,7 +139,7 @@ def gap_steps(per_seed) -> list[tuple[float, float]]:
     SE over seeds (`uncertainty.mean_and_se`). Unpaired: where one seed's runs on two datasets correlate
     (they may share an initialisation), it overstates the noise rather than understates it."""
     stats = [mean_and_se(row) for row in np.asarray(per_seed, dtype=float)]
-    return [(m2 - m1, float(np.hypot(s1, s2))) for (m1, s1), (m2, s2) in zip(stats, stats[1:])]
+    return [difference(later, earlier) for earlier, later in zip(stats, stats[1:])]
 
 
 def grows(steps, z: float = 2.0) -> bool | None:

@@ -68,5 +68,47 @@ def test_banded_decides_by_the_whole_interval():
     with pytest.raises(ValueError, match="low <= high"):
         banded(0.9, 0.8, 0.8)
     ledger = Ledger("training", "small", "cpu", "mnist", 0)
-    ledger.record("T1-order", paper="", ours="", uncertainty="", **banded(0.75, 0.85, 0.8, 0.6))
+    ledger.record("T1-order", paper="", ours="", uncertainty="", **banded(0.75, 0.85, 0.8, 0.6),
+                  tested={"trained": True, "rates": True})
     assert ledger.verdicts() == "T1-order: inconclusive"
+
+
+def test_a_rule_whose_test_conditions_fail_gives_not_tested():
+    ledger = Ledger("localmixer", "small", "cpu", "fashion-mnist", 0)
+    # the rule's own conditions would say "not reproduced"; the run is too short to test the claim
+    claim = ledger.record("LM-aug", paper="", ours="", uncertainty="", reproduced=False, partly=False,
+                          tested={"epochs": False})
+    assert claim.verdict == "not tested" and claim.rule_outcome == "not reproduced"
+    assert "missed: at least 500 epochs" in claim.tested
+    assert ledger.verdicts().startswith("LM-aug: not tested; missed: at least 500 epochs")
+    # met: the rule decides
+    ledger = Ledger("localmixer", "small", "cpu", "fashion-mnist", 0)
+    assert ledger.record("LM-aug", paper="", ours="", uncertainty="", reproduced=False,
+                         tested={"epochs": True}).verdict == "not reproduced"
+    assert ledger.record("LM-adam", paper="", ours="", uncertainty="", reproduced=True,
+                         tested={"trained": True}).verdict == "reproduced"
+
+
+def test_a_chapter_must_check_exactly_the_rules_test_conditions():
+    ledger = Ledger("localmixer", "small", "cpu", "fashion-mnist", 0)
+    with pytest.raises(ValueError, match="requires"):
+        ledger.record("LM-aug", paper="", ours="", uncertainty="", reproduced=True)  # not checked
+    with pytest.raises(ValueError, match="requires nothing|requires"):
+        Ledger("architecture", "small", "cpu", "mnist", 0).record(
+            "F1-dim", paper="", ours="", uncertainty="", reproduced=True, tested={"epochs": True})
+
+
+def test_critical_values_are_the_t_quantiles_of_2_3_and_4_seeds():
+    from gradguess.ledger import critical
+    # two-sided 95% Student-t quantiles (printed tables: 12.706, 4.303, 3.182)
+    assert critical(1) == pytest.approx(12.706, abs=1e-3)
+    assert critical(2) == pytest.approx(4.303, abs=1e-3)
+    assert critical(3) == pytest.approx(3.182, abs=1e-3)
+    from scipy.stats import t
+    assert critical(3) == pytest.approx(t.ppf(0.975, 3))
+    assert critical() == 2.0  # large-sample errors: two standard errors
+    # a 5-SE margin is decided with 4 seeds (3.18) but not with 2 (12.7)
+    assert exceeds(5.0, 0.0, se=1.0, df=3) is True
+    assert exceeds(5.0, 0.0, se=1.0, df=1) is None
+    with pytest.raises(ValueError, match="degree of freedom"):
+        critical(0)

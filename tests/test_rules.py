@@ -24,7 +24,7 @@ def test_a_rule_whose_text_and_thresholds_disagree_is_refused(tmp_path):
     base = ('[F1-dim]\nchapter = "architecture"\nstatistic = "s"\nuncertainty = "u"\n'
             '{rule}\n[[F1-dim.history]]\ndate = "d"\nchange = "c"\nreason = "r"\nafter_run = false\n')
     path.write_text(base.format(rule='rule = "within {tolerance}"\nthresholds = { slope = 0.1 }'))
-    with pytest.raises(ValueError, match="names thresholds"):
+    with pytest.raises(ValueError, match="name thresholds"):
         rules.load(path)
     path.write_text(base.format(rule='rule = "within {tolerance}"\nthresholds = { tolerance = 0.1 }')
                     .replace("[F1-dim", "[F1-size"))

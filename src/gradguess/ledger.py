@@ -15,7 +15,8 @@ CLAIM_IDS = (
     "F6-pc", "F6-sub", "A1-exp", "F3-avg", "F3-match", "F3-mom", "F5-down", "T1-sharp",
     "F4-svd", "F9-vpt",
 )
-VERDICTS = ("reproduced", "partly", "not reproduced", "inconclusive")
+VERDICTS = ("reproduced", "partly", "not reproduced", "inconclusive", "not tested")
+NOT_TESTED = VERDICTS[4]
 
 
 def verdict(reproduced: bool | None, partly: bool | None = False) -> str:
@@ -29,12 +30,28 @@ def verdict(reproduced: bool | None, partly: bool | None = False) -> str:
     return VERDICTS[0] if reproduced else VERDICTS[1] if partly else VERDICTS[2]
 
 
-def exceeds(value: float, threshold: float, se: float, z: float = 2.0) -> bool | None:
+def critical(df: float | None = None, level: float = 0.95) -> float:
+    """How many standard errors a difference must clear to count: the two-sided Student-t
+    quantile t_{(1 + level)/2, df} for a statistic estimated over seeds with ``df`` degrees of
+    freedom (12.71, 4.30 and 3.18 at 95% for 2, 3 and 4 seeds); 2 for a standard error whose
+    own noise is negligible (binomial, Monte Carlo over many draws: ``df`` None)."""
+    if df is None:
+        return 2.0
+    if not df >= 1:
+        raise ValueError(f"a comparison over seeds needs at least 1 degree of freedom (2 seeds), got {df}")
+    from scipy.stats import t
+    return float(t.ppf((1 + level) / 2, df))
+
+
+def exceeds(value: float, threshold: float, se: float, z: float | None = None,
+            df: float | None = None) -> bool | None:
     """Whether ``value`` exceeds ``threshold`` beyond its noise: True if ``value - threshold
     > z * se``, False if ``< -z * se``, None (undecided) in between. ``se`` is the standard
-    error of ``value`` (seed spread, Monte Carlo or binomial error)."""
+    error of ``value`` (seed spread, Monte Carlo or binomial error); ``z`` is `critical` of its
+    degrees of freedom ``df`` unless given."""
     if se < 0:
         raise ValueError(f"a standard error cannot be negative, got {se}")
+    z = critical(df) if z is None else z
     margin = value - threshold
     return True if margin > z * se else False if margin < -z * se else None
 
@@ -81,6 +98,8 @@ class Claim:
     rule: str  # what decides the verdict: its registered text (book/rules.toml)
     verdict: str
     uncertainty: str = ""  # how uncertain the statistic is, and how that was measured
+    tested: str = ""  # what a test of the claim needs (the rule's `requires`), each met or missed
+    rule_outcome: str = ""  # where not tested: what the rule's conditions give on these runs
 
 
 @dataclass
@@ -93,9 +112,13 @@ class Ledger:
     claims: list[Claim] = field(default_factory=list)
 
     def record(self, claim_id: str, *, paper: str, ours: str, uncertainty: str,
-               reproduced: bool | None, partly: bool | None = False) -> Claim:
+               reproduced: bool | None, partly: bool | None = False,
+               tested: dict[str, bool] | None = None) -> Claim:
         """One claim's verdict under its registered rule (book/rules.toml), which must be this
-        chapter's; ``uncertainty`` says how uncertain ``ours`` is and how that was measured."""
+        chapter's; ``uncertainty`` says how uncertain ``ours`` is and how that was measured.
+        ``tested`` says, for each of the rule's `requires` (what a test of the claim needs),
+        whether these runs meet it: where one is missed the verdict is "not tested", whatever
+        the rule's conditions give."""
         from .rules import rule
         if claim_id not in CLAIM_IDS:
             raise ValueError(f"unknown claim ID {claim_id!r}; known IDs: {', '.join(CLAIM_IDS)}")
@@ -105,19 +128,34 @@ class Ledger:
         if registered.chapter != self.chapter:
             raise ValueError(f"claim {claim_id} is registered to the {registered.chapter} chapter, "
                              f"not {self.chapter}")
-        claim = Claim(claim_id, paper, ours, registered.text, verdict(reproduced, partly), uncertainty)
+        tested = {k: bool(met) for k, met in (tested or {}).items()}
+        if tested.keys() != registered.requires.keys():
+            raise ValueError(f"claim {claim_id}: its rule requires {sorted(registered.requires) or 'nothing'}; "
+                             f"the chapter checked {sorted(tested) or 'nothing'}")
+        outcome = verdict(reproduced, partly)
+        missed = [registered.requires[k] for k, met in tested.items() if not met]
+        coverage = "; ".join(f"{'met' if met else 'missed'}: {registered.requires[k]}" for k, met in tested.items())
+        if missed:
+            claim = Claim(claim_id, paper, ours, registered.text, NOT_TESTED, uncertainty, coverage, outcome)
+        else:
+            claim = Claim(claim_id, paper, ours, registered.text, outcome, uncertainty, coverage)
         self.claims.append(claim)
         return claim
 
     def verdicts(self) -> str:
-        """One line per claim, ``ID: verdict``: what CI compares with the committed run."""
-        return "\n".join(f"{c.id}: {c.verdict}" for c in self.claims)
+        """One line per claim, ``ID: verdict``, and for a claim not tested the conditions it
+        missed: what CI compares with the committed run."""
+        return "\n".join(f"{c.id}: {c.verdict}" + "".join(
+            f"; {part}" for part in c.tested.split("; ") if c.verdict == NOT_TESTED and part.startswith("missed"))
+            for c in self.claims)
 
     def table(self):
         """The ledger as a pandas DataFrame (rendered as a table in the book)."""
         import pandas as pd
         rows = [{"claim": c.id, "paper": c.paper, "ours": c.ours, "uncertainty": c.uncertainty,
-                 "rule": c.rule, "verdict": c.verdict} for c in self.claims]
+                 "rule": c.rule, "tested": c.tested or "the rule requires nothing more",
+                 "verdict": c.verdict + (f" (the rule's conditions on these runs: {c.rule_outcome})"
+                                         if c.verdict == NOT_TESTED else "")} for c in self.claims]
         return pd.DataFrame(rows).set_index("claim")
 
     def save(self, path) -> None:

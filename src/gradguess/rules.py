@@ -25,6 +25,7 @@ class Rule:
     uncertainty: str
     text: str  # the rule with its thresholds filled in
     thresholds: dict
+    requires: dict  # what a test of the claim needs, by name, thresholds filled in (none: {})
     history: tuple  # dicts: date, change, reason, after_run, and commit where known
 
     def __getitem__(self, name: str) -> float:
@@ -35,15 +36,18 @@ def _rule(claim: str, raw: dict) -> Rule:
     missing = {"chapter", "statistic", "uncertainty", "rule", "thresholds", "history"} - raw.keys()
     if missing:
         raise ValueError(f"rule {claim} lacks {', '.join(sorted(missing))}")
-    fields = {name for _, name, _, _ in string.Formatter().parse(raw["rule"]) if name}
+    requires = raw.get("requires", {})
+    fields = {name for text in (raw["rule"], *requires.values())
+              for _, name, _, _ in string.Formatter().parse(text) if name}
     if fields != set(raw["thresholds"]):
-        raise ValueError(f"rule {claim}: its text names thresholds {sorted(fields)} but it has "
+        raise ValueError(f"rule {claim}: its text and requirements name thresholds {sorted(fields)} but it has "
                          f"{sorted(raw['thresholds'])}")
     for entry in raw["history"]:
         if not set(HISTORY_FIELDS) <= entry.keys():
             raise ValueError(f"rule {claim}: a history entry lacks one of {', '.join(HISTORY_FIELDS)}")
     return Rule(claim, raw["chapter"], raw["statistic"], raw["uncertainty"],
                 raw["rule"].format(**raw["thresholds"]), dict(raw["thresholds"]),
+                {name: text.format(**raw["thresholds"]) for name, text in requires.items()},
                 tuple(raw["history"]))
 
 
@@ -73,11 +77,13 @@ def chapter_rules(chapter: str) -> dict[str, Rule]:
 
 
 def history():
-    """Every change to every rule as a pandas DataFrame, oldest first within each claim."""
+    """Every change to every rule as a pandas DataFrame, oldest first within each claim, with the
+    way each change made after a run moved that run's verdict, where it did."""
     import pandas as pd
     rows = [{"claim": r.claim, "date": entry["date"], "commit": entry.get("commit", "–"),
              "change": entry["change"], "reason": entry["reason"],
-             "after a run": "yes" if entry["after_run"] else "no"}
+             "after a run": "yes" if entry["after_run"] else "no",
+             "verdict moved (on the run it came after)": entry.get("moved", "–")}
             for r in load().values() for entry in r.history]
     return pd.DataFrame(rows).set_index("claim")
 
@@ -86,6 +92,7 @@ def rules_table(chapter: str):
     """A chapter's rules as the reader sees them: statistic, uncertainty and rule per claim
     (a pandas Styler; the text is HTML-escaped, since rules contain '<')."""
     import pandas as pd
-    table = pd.DataFrame({claim: {"statistic": r.statistic, "uncertainty": r.uncertainty, "rule": r.text}
+    table = pd.DataFrame({claim: {"statistic": r.statistic, "uncertainty": r.uncertainty, "rule": r.text,
+                                  "tested only with": "; ".join(r.requires.values()) or "–"}
                           for claim, r in chapter_rules(chapter).items()}).T
     return table.style.format(escape="html").set_properties(**{"text-align": "left"})

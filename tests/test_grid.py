@@ -217,3 +217,43 @@ def test_stackable_datasets_groups_names_by_what_a_stack_shares():
     wider, fewer = blobs(dim=9), blobs(n=300)
     groups = stackable_datasets({"a": a, "wide": wider, "b": b, "few": fewer})
     assert groups == [["a", "b"], ["wide"], ["few"]]
+
+
+def test_a_learning_rate_is_chosen_on_the_runs_own_length_and_data():
+    from gradguess.grid import rate_then_seeds
+    calls = []
+
+    def fake_grid(data, runs, **grid_args):
+        """A run's final accuracy depends on its data, epochs, method and rate: the best rate
+        differs between datasets and lengths, so a rate chosen elsewhere would be caught."""
+        calls.append((data, tuple(runs), grid_args))
+        best = {("short", 5): 1e-2, ("long", 5): 1e-3}[data, grid_args["epochs"]]
+        return [{"train_acc": [1.0 - abs(run.lr - best) - 0.01 * run.seed], "diverged": False} for run in runs]
+
+    cells = [Run("w_transpose", optimizer="adamw"), Run("backprop", optimizer="sgd")]
+    for data, best in [("short", 1e-2), ("long", 1e-3)]:
+        calls.clear()
+        result = rate_then_seeds(fake_grid, data, cells, (1e-2, 1e-3, 1e-4), seeds=3, seed=7, depth=3, width=8, epochs=5)
+        assert [lr for lr, _, _ in result] == [best, best]
+        # the sweep and the repeats ran on the same data, architecture and epochs
+        assert {(d, tuple(sorted(a.items()))) for d, _, a in calls} == {(data, (("depth", 3), ("epochs", 5), ("width", 8)))}
+        sweep_runs, repeat_runs = calls[0][1], calls[1][1]
+        assert {r.seed for r in sweep_runs} == {7} and len(sweep_runs) == 6
+        assert [(r.method, r.seed, r.lr, r.optimizer) for r in repeat_runs] == [
+            ("w_transpose", 8, best, "adamw"), ("w_transpose", 9, best, "adamw"),
+            ("backprop", 8, best, "sgd"), ("backprop", 9, best, "sgd")]
+        # seed 7's history is the sweep's own run at the chosen rate
+        lr, histories, sweep = result[0]
+        assert len(histories) == 3 and histories[0] is sweep[best]
+
+
+def test_a_diverged_rate_is_never_chosen():
+    from gradguess.grid import rate_then_seeds
+
+    def fake_grid(data, runs, **grid_args):
+        return [{"train_acc": [0.9], "diverged": run.lr == 1e-2} for run in runs]
+
+    result = rate_then_seeds(fake_grid, None, [Run("directional")], (1e-2, 1e-3), seeds=1)
+    assert result[0][0] == 1e-3
+    assert rate_then_seeds(lambda d, runs, **a: [{"train_acc": [], "diverged": True} for _ in runs], None,
+                           [Run("directional")], (1e-2,), seeds=2)[0][0] is None

@@ -1,3 +1,4 @@
+import pytest
 """Table 1's statistics, checked on the paper's own Table 1 and on cases countable by hand."""
 import math
 
@@ -135,3 +136,12 @@ def test_gap_steps_and_grows_decide_against_the_seed_noise():
     assert grows(gap_steps([[10, 20, 30], [12, 22, 32]])) is None  # +2 within its noise
     assert grows(gap_steps([[10, 12, 11], [30, 31, 29], [5, 7, 6]])) is False  # any reversed step fails it
     assert grows([]) is False  # one dataset decides nothing
+
+
+def test_hardest_over_easiest_compares_the_end_datasets_with_welch_df():
+    from gradguess.table1 import hardest_over_easiest
+    per_seed = [[2.0, 4.0, 3.0], [50.0, 60.0, 55.0], [10.0, 12.0, 11.0]]  # MNIST, SVHN, CIFAR-100
+    diff, se, df = hardest_over_easiest(per_seed)
+    assert diff == pytest.approx(8.0)  # 11 - 3: the middle dataset plays no part
+    assert se == pytest.approx(np.hypot(np.std([2, 4, 3], ddof=1), np.std([10, 12, 11], ddof=1)) / np.sqrt(3))
+    assert df == pytest.approx(4.0)  # equal spreads, 3 seeds each

@@ -26,6 +26,7 @@ weight ends a replicate's history, as it ends a run) and accuracies stay on the 
 read once at the end of each epoch.
 """
 import json
+import math
 import time
 from dataclasses import dataclass
 
@@ -34,7 +35,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .guesses import ReplicateGenerators
-from .histories import record_epoch
+from .histories import final, record_epoch
 from .losses import cross_entropy_per_example, error_vector
 from .methods import get_method
 from .models import MLP, stack_mlps
@@ -429,3 +430,33 @@ def train_grid(data, runs, *, depth: int, width: int, epochs: int, batch_size: i
         for r, history in zip(part, histories):
             result[r] = history
     return result
+
+
+
+def rate_then_seeds(run_grid, data, cells, rates, seeds: int, *, seed: int = 0, **grid_args) -> list:
+    """The paper's protocol for choosing a learning rate (A.3), on the runs' own terms: for each
+    cell, a `Run` with its method, optimizer, dataset and options (its lr and seed ignored),
+    train seed ``seed`` at every one of ``rates`` on the very data, architecture and epochs of
+    ``grid_args`` that the cell is then trained with; keep the rate of the best final train
+    accuracy (a diverged run never wins); then train seeds ``seed + 1 .. seed + seeds - 1`` at
+    it. ``run_grid(data, runs, **grid_args)`` trains runs side by side (`train_grid`, or a
+    cached call of it). Returns, per cell in order, (the chosen rate, or None where every rate
+    diverged; [history per seed]; {rate: the sweep's history})."""
+    if seeds < 1 or not rates:
+        raise ValueError(f"need at least one seed and one rate, got {seeds} seeds and rates {rates!r}")
+
+    def at(cell, lr, run_seed):
+        return Run(cell.method, run_seed, lr, cell.optimizer, cell.weight_decay, cell.options,
+                   cell.probe_method, cell.dataset)
+
+    swept = run_grid(data, [at(cell, lr, seed) for cell in cells for lr in rates], **grid_args)
+    sweeps = [dict(zip(rates, swept[i * len(rates):(i + 1) * len(rates)])) for i in range(len(cells))]
+    chosen = []
+    for sweep in sweeps:
+        finite = {lr: final(h) for lr, h in sweep.items() if not math.isnan(final(h))}  # NaN: diverged
+        chosen.append(max(finite, key=finite.get) if finite else None)
+    kept = [lr if lr is not None else rates[0] for lr in chosen]
+    repeats = [at(cell, lr, seed + k) for cell, lr in zip(cells, kept) for k in range(1, seeds)]
+    repeated = run_grid(data, repeats, **grid_args) if repeats else []
+    return [(lr, [sweep[keep], *repeated[i * (seeds - 1):(i + 1) * (seeds - 1)]], sweep)
+            for i, (lr, keep, sweep) in enumerate(zip(chosen, kept, sweeps))]

@@ -100,6 +100,7 @@ class Claim:
     uncertainty: str = ""  # how uncertain the statistic is, and how that was measured
     tested: str = ""  # what a test of the claim needs (the rule's `requires`), each met or missed
     rule_outcome: str = ""  # where not tested: what the rule's conditions give on these runs
+    missed: list = field(default_factory=list)  # the `requires` these runs missed, in words
 
 
 @dataclass
@@ -134,9 +135,9 @@ class Ledger:
                              f"the chapter checked {sorted(tested) or 'nothing'}")
         outcome = verdict(reproduced, partly)
         missed = [registered.requires[k] for k, met in tested.items() if not met]
-        coverage = "; ".join(f"{'met' if met else 'missed'}: {registered.requires[k]}" for k, met in tested.items())
+        coverage = " | ".join(f"{'met' if met else 'missed'}: {registered.requires[k]}" for k, met in tested.items())
         if missed:
-            claim = Claim(claim_id, paper, ours, registered.text, NOT_TESTED, uncertainty, coverage, outcome)
+            claim = Claim(claim_id, paper, ours, registered.text, NOT_TESTED, uncertainty, coverage, outcome, missed)
         else:
             claim = Claim(claim_id, paper, ours, registered.text, outcome, uncertainty, coverage)
         self.claims.append(claim)
@@ -145,9 +146,8 @@ class Ledger:
     def verdicts(self) -> str:
         """One line per claim, ``ID: verdict``, and for a claim not tested the conditions it
         missed: what CI compares with the committed run."""
-        return "\n".join(f"{c.id}: {c.verdict}" + "".join(
-            f"; {part}" for part in c.tested.split("; ") if c.verdict == NOT_TESTED and part.startswith("missed"))
-            for c in self.claims)
+        return "\n".join(f"{c.id}: {c.verdict}" + "".join(f"; missed: {text}" for text in c.missed)
+                         for c in self.claims)
 
     def table(self):
         """The ledger as a pandas DataFrame (rendered as a table in the book)."""

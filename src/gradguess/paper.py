@@ -1,4 +1,10 @@
-"""The paper's reported numbers, typed in from its Table 1 for the paper's column.
+"""The paper's reported numbers, typed in from its Table 1 (``TABLE1``), and the poster's,
+typed in from its two tables (``POSTER_*``).
+
+The poster (shared/paper/poster.md) is not the paper's text: its MLP table of cosines and
+one-step effectiveness (of which the paper's text gives only "approximately 100x" and "more
+than 1000x") and its LocalMixer table are typed in from the poster. Chapters label a value
+"poster" where it is the poster's and "paper" only where it is the paper's own.
 
 Never a result of ours: chapters show these beside what they compute.
 """
@@ -77,3 +83,31 @@ def _parse(text: str) -> dict:
 
 # TABLE1[(depth, width, method, split, dataset)] = (mean, std), accuracy in percent.
 TABLE1 = _parse(_TABLE1)
+
+
+# --- the poster's numbers (not in the paper's text) ------------------------------------------
+
+# "Results - MLPs": mean cosine similarity with the true gradient and one-step effectiveness
+# (loss reduction relative to a backprop step), by method; CIFAR-10. Backprop is 1 in both.
+_POSTER_MLP = """
+directional             0.0003 1e-6
+activation_perturbation 0.016  6.9e-4
+activation_mixing       0.025  3.4e-3
+w_transpose             0.030  1.7e-3
+"""
+POSTER_COSINE = {line.split()[0]: float(line.split()[1]) for line in _POSTER_MLP.strip().splitlines()}
+POSTER_EFFECTIVENESS = {line.split()[0]: float(line.split()[2]) for line in _POSTER_MLP.strip().splitlines()}
+
+# "Results - LocalMixer": CIFAR-10 test accuracy (%), one value per row of POSTER_LOCALMIXER_ROWS
+# for each method (None where the poster has "-"). Its "Backprop" column is backprop through the
+# whole network; its "Ren et al. (2022)" column is activation perturbation with local losses.
+POSTER_LOCALMIXER_ROWS = ("Ren et al. reported", "reproduced with Adam", "augmented, 500 epochs",
+                          "augmented, 5000 epochs")
+_POSTER_LOCALMIXER = """
+backprop                66.4 71.2 76.4 77.6
+activation_perturbation 69.3 71.2 72.2 76.0
+activation_mixing       -    68.8 68.2 69.4
+w_transpose             -    72.5 74.4 77.4
+"""
+POSTER_LOCALMIXER = {line.split()[0]: tuple(None if v == "-" else float(v) for v in line.split()[1:])
+                     for line in _POSTER_LOCALMIXER.strip().splitlines()}

@@ -60,19 +60,20 @@ def executed_folder(start=None) -> Path:
 
 def claims_table(folder) -> pd.DataFrame:
     """One row per claim ID of the paper's list, in its order: the chapter that checks it, the
-    paper's value, ours with its uncertainty, the scale, device and dataset of the run, and the
-    verdict. A claim no ledger records says so; a claim run only below paper scale is marked."""
+    paper's value, ours with its uncertainty, what a test of it needs (met or missed), the scale,
+    device and dataset of the run, and the verdict. A claim no ledger records says so; a claim run only below paper scale is marked."""
     found = {}
     for path in sorted(Path(folder).glob("*.ledger.json")):
         ledger = Ledger.load(path)
         for claim in ledger.claims:
             found[claim.id] = dict(chapter=ledger.chapter, paper=claim.paper, ours=claim.ours,
-                                   uncertainty=claim.uncertainty or "not recorded", scale=ledger.scale, device=ledger.device, dataset=ledger.dataset,
-                                   verdict=claim.verdict)
+                                   uncertainty=claim.uncertainty or "not recorded",
+                                   tested=claim.tested or "the rule requires nothing more", scale=ledger.scale,
+                                   device=ledger.device, dataset=ledger.dataset, verdict=claim.verdict)
     rows = []
     for claim_id in CLAIM_IDS:
-        row = found.get(claim_id, dict(chapter="–", paper="–", ours="–", uncertainty="–", scale="–",
-                                       device="–", dataset="–", verdict="not run"))
+        row = found.get(claim_id, dict(chapter="–", paper="–", ours="–", uncertainty="–", tested="–",
+                                       scale="–", device="–", dataset="–", verdict="not run"))
         if row["scale"] not in ("paper", "–"):
             row = {**row, "scale": f"{row['scale']} (not yet run at paper scale)"}
         rows.append({"claim": claim_id, **row})

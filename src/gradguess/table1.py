@@ -8,6 +8,7 @@ function ``mean_of(name, arch, method, split)``, so the paper's Table 1 (`paper_
 runs go through the same code.
 """
 import itertools
+import math
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,7 @@ from .histories import final, seed_summary
 from .ledger import all_of, exceeds
 from .methods import get_method
 from .paper import TABLE1
-from .uncertainty import difference, mean_and_se
+from .uncertainty import difference, mean_and_se, welch_df
 
 SPLITS = ("train", "test")
 PAPER_ARCHITECTURES = tuple(dict.fromkeys((depth, width) for depth, width, *_ in TABLE1))
@@ -146,3 +147,13 @@ def grows(steps, z: float = 2.0) -> bool | None:
     """Three-valued: whether every step (`gap_steps`) is above 0 beyond ``z`` standard errors
     (None if none is below but some is within them); False with no step to decide."""
     return all_of(*(exceeds(step, 0, se, z) for step, se in steps)) if steps else False
+
+
+def hardest_over_easiest(per_seed) -> tuple[float, float, float]:
+    """T1-gap's statistic for one split: the last (hardest) dataset's gap minus the first's
+    ([dataset, seed], `seed_gaps`), its standard error from each gap's spread over seeds
+    (unpaired), and Welch's degrees of freedom (`uncertainty.welch_df`)."""
+    rows = [np.asarray(row, dtype=float) for row in per_seed]
+    first, last = (row[np.isfinite(row)] for row in (rows[0], rows[-1]))
+    (a, se_a), (b, se_b) = mean_and_se(first), mean_and_se(last)
+    return b - a, math.hypot(se_a, se_b), welch_df(se_b, len(last) - 1, se_a, len(first) - 1)

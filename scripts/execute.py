@@ -39,12 +39,17 @@ EXECUTED = ROOT / "book" / "executed"
 SCALE_RANK = {name: rank for rank, name in enumerate(SCALES)}  # small < gpu < paper
 
 
-# pages that read the other chapters' records: executed after them
-READERS = ("report", "status")
+# pages that read the other chapters' records: executed after them, in this order (the status
+# page reads the intro's and the report's records too)
+READERS = ("intro", "report", "status")
+
+
+def _order(name: str) -> tuple:
+    return (READERS.index(name) + 1 if name in READERS else 0, name)
 
 
 def chapters() -> list[str]:
-    return sorted((p.stem for p in SOURCES.glob("*.md")), key=lambda name: (name in READERS, name))
+    return sorted((p.stem for p in SOURCES.glob("*.md")), key=_order)
 
 
 def executed_scale(notebook: Path) -> str | None:
@@ -172,7 +177,7 @@ def main():
         names = [n for n in names if (RUNS / args.scale / f"{n}.ipynb").exists()]
         if not names:
             parser.error(f"no runs in book/runs/{args.scale}/ to promote")
-    for name in sorted(names, key=lambda name: name in READERS):  # readers last
+    for name in sorted(names, key=_order):  # readers last
         if not args.promote_only:
             execute(name, args.scale, args.device, args.dataset, args.seed)
         promote(name, args.scale)

@@ -1,6 +1,7 @@
 """The book's sources and committed executions stay consistent with each other."""
 import ast
 import json
+import re
 from pathlib import Path
 
 import jupytext
@@ -120,3 +121,33 @@ def test_status_page_agrees_with_every_pages_own_record():
     shown = ast.literal_eval(glued["status_records"])
     recorded = execution_status(EXECUTED).drop(index="status").to_dict(orient="index")
     assert shown == recorded, "the status page is older than a page it lists: execute status again, last"
+
+
+MAX_CODE_LINE = 88  # what fits a code cell of the text column at a 1280 px window
+# A method's colour comes from its record (`plotting.color`, `plotting.variants`); a figure may
+# add neutral greys for references, never another colour, nor a colour map that would give a
+# method's variants hues of their own.
+LITERAL_COLOUR = re.compile(r"""["'](?:#[0-9a-fA-F]{3,8}|C\d|(?:tab:|xkcd:)?(?:red|blue|green|orange|purple|brown|pink|"""
+                            r"""olive|cyan|navy|teal|magenta|yellow|gold|crimson|darkred|darkblue))["']""")
+COLOUR_MAP = re.compile(r"\bplt\.cm\.|\bcmap\s*=\s*(?!mpl\.colors\.ListedColormap)|\bcm\.[a-z]+\(")
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_code_lines_fit_the_page(name):
+    long = [line for cell in jupytext.read(SOURCES / f"{name}.md").cells if cell.cell_type == "code"
+            for line in cell.source.splitlines() if len(line) > MAX_CODE_LINE]
+    assert not long, f"{name}: {len(long)} code lines longer than {MAX_CODE_LINE} characters: {long[:3]}"
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_figures_draw_methods_in_their_registered_colours_only(name):
+    code = "\n".join(c.source for c in jupytext.read(SOURCES / f"{name}.md").cells if c.cell_type == "code")
+    code = re.sub(r"background_gradient\([^)]*\)", "", code)  # a table's shading, not a method's colour
+    assert not LITERAL_COLOUR.findall(code), f"{name}: a literal colour: {LITERAL_COLOUR.findall(code)}"
+    assert not COLOUR_MAP.findall(code), f"{name}: a colour map; shade a method with plotting.variants"
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_one_name_for_w_transpose_in_text_and_one_in_math(name):
+    text = (SOURCES / f"{name}.md").read_text()
+    assert "W^T" not in text, f"{name}: write Wᵀ in text and $W^\\top$ in formulas, not W^T"

@@ -38,7 +38,7 @@ def test_start_reads_settings_data_and_runs_through_the_cache(blob_data, capsys)
     chapter = start("bias", scale="small", device="cpu", dataset="blobs", seed=3)
     assert chapter.settings is SETTINGS["bias"]["small"]
     assert len(chapter.data.train_y) == 200  # blobs has fewer images than the settings ask for
-    assert "small scale on cpu; blobs" in capsys.readouterr().out
+    assert "small scale on a CPU; blobs" in capsys.readouterr().out
     first = chapter.cached(constant_run, chapter.data, epochs=2)
     again = chapter.cached(constant_run, chapter.data, epochs=2)
     assert first == again
@@ -61,7 +61,8 @@ def test_the_ledger_is_published_where_the_execution_script_says(blob_data, tmp_
     chapter = start("bias", device="cpu", dataset="blobs")
     chapter.record("A1-exp", paper="p", ours="o", uncertainty="u", reproduced=True)
     table = chapter.close()
-    assert table.loc["A1-exp", "verdict"] == "reproduced"
+    assert table.data.loc["A1-exp", "verdict"] == "reproduced"
+    assert 'id="claim-A1-exp"' in table.to_html()  # the anchor the report links to
     saved = json.loads((tmp_path / "bias.ledger.json").read_text())
     assert saved["dataset"] == "blobs" and saved["claims"][0]["id"] == "A1-exp"
     chapter.verdicts()

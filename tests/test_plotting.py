@@ -33,3 +33,30 @@ def test_labels_are_plain_text_that_html_shows_as_written():
     # a table cell is not typeset by MathJax: a label with $...$ would show its dollars
     assert not [m.label for m in METHODS.values() if "$" in m.label]
     assert label("w_transpose") == "Wᵀ" and label("not a method") == "not a method"
+
+
+def _hue(color: str) -> float:
+    import colorsys
+    from matplotlib.colors import to_rgb
+    return colorsys.rgb_to_hls(*to_rgb(color))[0]
+
+
+def test_every_method_has_its_familys_hue_and_families_have_their_own():
+    from gradguess.plotting import color
+    families = {m.family for m in METHODS.values()}
+    for method in METHODS.values():
+        base = color(method.family)
+        assert abs(_hue(color(method.name)) - _hue(base)) < 0.02, method.name
+    bases = [color(f) for f in families]
+    assert len(set(bases)) == len(bases), "two methods share a colour"
+
+
+def test_variants_are_shades_of_their_method_told_apart_by_line_style():
+    from gradguess.plotting import color, variants
+    styles = variants("downstream", 4)
+    assert len({s["color"] for s in styles}) == 4 and len({str(s["linestyle"]) for s in styles}) == 4
+    for style in styles:
+        assert abs(_hue(style["color"]) - _hue(color("downstream"))) < 0.02
+    import pytest
+    with pytest.raises(ValueError, match="at most"):
+        variants("downstream", 8)

@@ -5,9 +5,11 @@ from dataclasses import dataclass
 import pytest
 
 from gradguess.chapter import start
-from gradguess.ledger import CLAIM_IDS, Ledger
-from gradguess.report import claims_table, execution_status, provenance_of, scales_table
-from gradguess.scales import SCALES
+from gradguess.ledger import CLAIM_IDS, NOT_TESTED, VERDICTS, Claim, Ledger, anchor
+from gradguess.report import (claims_table, deciding_condition, execution_status, provenance_of,
+                              report_table, results_summary, scales_table)
+from gradguess.rules import load as load_rules
+from gradguess.scales import SCALES, run_in_words
 from gradguess.settings import SETTINGS
 
 
@@ -72,8 +74,58 @@ def test_claims_table_lists_every_claim_once(tmp_path):
     claims = claims_table(tmp_path)
     assert list(claims.index) == list(CLAIM_IDS)
     assert claims.loc[CLAIM_IDS[0], "verdict"] == "reproduced"
-    assert claims.loc[CLAIM_IDS[0], "scale"] == "small (not yet run at paper scale)"
+    assert claims.loc[CLAIM_IDS[0], "run"] == "small scale on a CPU"
+    assert claims.loc[CLAIM_IDS[0], "statement"] == load_rules()[CLAIM_IDS[0]].statement
     assert (claims["verdict"] == "not run").sum() == len(CLAIM_IDS) - 1
+
+
+def test_a_gpu_scale_run_on_a_cpu_says_so():
+    assert run_in_words("gpu", "cpu") == "gpu scale, run on a CPU instead of a GPU"
+    assert run_in_words("gpu", "cpu: x86_64, 2 threads").startswith("gpu scale, run on a CPU")
+    assert run_in_words("paper", "cuda: NVIDIA H200") == "paper scale on a GPU"
+    assert run_in_words("small", "cpu") == "small scale on a CPU"
+
+
+def test_every_rule_states_its_claim_and_the_papers_protocol():
+    for claim_id, rule in load_rules().items():
+        assert rule.statement and rule.protocol, claim_id
+        assert "W^T" not in rule.text + rule.statement + "".join(rule.requires.values()), \
+            f"{claim_id}: the method is written Wᵀ in text"
+
+
+@pytest.mark.parametrize("verdict", VERDICTS)
+def test_every_rule_names_the_condition_behind_every_verdict(verdict):
+    for claim_id, rule in load_rules().items():
+        claim = Claim(claim_id, "p", "o", rule.text, verdict, missed=["a stated length"])
+        decided = deciding_condition(claim)
+        if verdict == NOT_TESTED:
+            assert decided == "missed: a stated length"
+        elif verdict == "reproduced":
+            assert "held: " in decided and "failed: " not in decided, (claim_id, decided)
+        elif verdict == "partly":
+            assert "held: " in decided and "failed: " in decided, (claim_id, decided)
+        elif verdict == "not reproduced":
+            assert ("failed: " in decided or "held: not reproduced" in decided), (claim_id, decided)
+        else:
+            assert "undecided within its noise" in decided
+
+
+def test_the_reports_table_links_every_claim_to_its_chapters_ledger_row(tmp_path):
+    ledger = Ledger("architecture", "gpu", "cpu", "fashion-mnist", 0)
+    ledger.record("F1-cos", paper="1", ours="1.1", uncertainty="0.1", reproduced=True, run="40 steps")
+    ledger.save(tmp_path / "architecture.ledger.json")
+    claims = claims_table(tmp_path)
+    table = report_table(claims)
+    link = f'<a href="architecture.html#{anchor("F1-cos")}">F1-cos</a>'
+    assert link in table.index and "F1-step" in table.index  # a claim not run: no link
+    row = table.loc[link]
+    assert row["verdict"] == "reproduced †"  # F1-cos's rule changed after a run
+    assert row["our run / the paper's protocol"].startswith("40 steps <i>vs</i> CIFAR-10")
+    assert row["decided by"].startswith("held: reproduced if")
+    box = results_summary(tmp_path)
+    assert "1 reproduced" in box and link in box and "17 not run" in box
+    assert "gpu scale, run on a CPU" in box and "None ran at the paper's scale" in box
+    assert "ran on fashion-mnist instead" in box
 
 
 @pytest.mark.parametrize("outputs", [[], [{"output_type": "stream", "text": "provenance"}]])

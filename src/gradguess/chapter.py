@@ -21,7 +21,7 @@ from .cache import CACHE_STATS, cached_call
 from .data import Dataset, load_dataset
 from .ledger import Claim, Ledger
 from .provenance import provenance
-from .scales import Scale, get_scale, resolve_device
+from .scales import Scale, get_scale, resolve_device, run_in_words
 from .settings import chapter_settings
 
 _FROM_SETTINGS = object()  # "the size the chapter's settings give"
@@ -72,12 +72,13 @@ class Chapter:
         """One claim's verdict in the ledger (`Ledger.record`)."""
         return self.ledger.record(claim_id, **claim)
 
-    def close(self) -> pd.DataFrame:
-        """Publish the ledger (to the file the execution script names) and show it."""
+    def close(self):
+        """Publish the ledger (to the file the execution script names) and show it, each claim
+        ID an anchor the report links to (a pandas Styler; ``.data`` is the table)."""
         if self.datasets:
             self.ledger.dataset = ", ".join(self.datasets)
         self.ledger.publish()
-        return self.ledger.table()
+        return self.ledger.styled()
 
     def verdicts(self) -> None:
         """One line per claim, ``ID: verdict``: the output CI compares with the committed run."""
@@ -89,18 +90,19 @@ class Chapter:
         read = CACHE_STATS["from cache"] - self.cache_counts["from cache"]
         record = provenance(
             scale=self.scale.name, device=self.device,
-            dataset=dataset or ", ".join(self.datasets) or "(none)",
-            data_source=source or "; ".join(self.datasets.values()) or "–", seed=self.seed,
+            dataset=dataset or ", ".join(self.datasets) or "none: this page loads no data",
+            data_source=source or "; ".join(self.datasets.values()), seed=self.seed,
             started=self.started, settings=asdict(self.settings), chapter=self.name,
             extra={"runs computed / read from the cache": f"{computed} / {read}"})
         return pd.Series(record, name="provenance").to_frame()
 
 
 def start(name: str, *, scale: str = "small", device: str = "auto", dataset: str | None = None,
-          seed: int = 0, cache: str | None = None, load: bool = True) -> Chapter:
+          seed: int = 0, cache: str | None = None, load: bool = True, quiet: bool = False) -> Chapter:
     """Open chapter ``name`` from its parameters: its settings at ``scale`` (unless
     ``GRADGUESS_SCALE`` overrides it), the device, and, with ``load``, ``dataset`` cut to the
-    settings' sizes as ``chapter.data``."""
+    settings' sizes as ``chapter.data``. Prints where the page runs (a ``gpu``-scale run on a
+    CPU says so), unless ``quiet`` (the pages that only read the others' records)."""
     if not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     run_scale = get_scale(scale)
@@ -111,10 +113,11 @@ def start(name: str, *, scale: str = "small", device: str = "auto", dataset: str
     # TF32 matmuls on a GPU only where a chapter's settings allow it (what it measures is
     # accuracy, not a cosine); provenance records the mode
     torch.backends.cuda.matmul.allow_tf32 = bool(getattr(chapter.settings, "tf32", False))
-    described = f"{run_scale.name} scale on {chapter.device}"
+    described = f"This page ran at {run_in_words(run_scale.name, str(chapter.device))}"
     if load and dataset is not None:
         chapter.data = chapter.load(dataset)
         described += (f"; {chapter.data.name}: {len(chapter.data.train_y)} training, "
                       f"{len(chapter.data.test_y)} test images")
-    print(described)
+    if not quiet:
+        print(described)
     return chapter

@@ -19,6 +19,11 @@ VERDICTS = ("reproduced", "partly", "not reproduced", "inconclusive", "not teste
 NOT_TESTED = VERDICTS[4]
 
 
+def anchor(claim_id: str) -> str:
+    """The HTML id of a claim's row in its chapter's ledger table (the report links to it)."""
+    return f"claim-{claim_id}"
+
+
 def verdict(reproduced: bool | None, partly: bool | None = False) -> str:
     """The verdict a rule gives from its two conditions, each True, False, or None where the
     data cannot decide it (a statistic within its uncertainty of a threshold): reproduced if the
@@ -101,6 +106,7 @@ class Claim:
     tested: str = ""  # what a test of the claim needs (the rule's `requires`), each met or missed
     rule_outcome: str = ""  # where not tested: what the rule's conditions give on these runs
     missed: list = field(default_factory=list)  # the `requires` these runs missed, in words
+    run: str = ""  # our run in the terms of the paper's protocol (the rule's `protocol`)
 
 
 @dataclass
@@ -114,12 +120,13 @@ class Ledger:
 
     def record(self, claim_id: str, *, paper: str, ours: str, uncertainty: str,
                reproduced: bool | None, partly: bool | None = False,
-               tested: dict[str, bool] | None = None) -> Claim:
+               tested: dict[str, bool] | None = None, run: str = "") -> Claim:
         """One claim's verdict under its registered rule (book/rules.toml), which must be this
         chapter's; ``uncertainty`` says how uncertain ``ours`` is and how that was measured.
         ``tested`` says, for each of the rule's `requires` (what a test of the claim needs),
         whether these runs meet it: where one is missed the verdict is "not tested", whatever
-        the rule's conditions give."""
+        the rule's conditions give. ``run`` says what our run was in the terms of the paper's
+        protocol for the claim (the rule's `protocol`): "5 epochs, 3 seeds", say."""
         from .rules import rule
         if claim_id not in CLAIM_IDS:
             raise ValueError(f"unknown claim ID {claim_id!r}; known IDs: {', '.join(CLAIM_IDS)}")
@@ -137,9 +144,10 @@ class Ledger:
         missed = [registered.requires[k] for k, met in tested.items() if not met]
         coverage = " | ".join(f"{'met' if met else 'missed'}: {registered.requires[k]}" for k, met in tested.items())
         if missed:
-            claim = Claim(claim_id, paper, ours, registered.text, NOT_TESTED, uncertainty, coverage, outcome, missed)
+            claim = Claim(claim_id, paper, ours, registered.text, NOT_TESTED, uncertainty, coverage, outcome,
+                          missed, run)
         else:
-            claim = Claim(claim_id, paper, ours, registered.text, outcome, uncertainty, coverage)
+            claim = Claim(claim_id, paper, ours, registered.text, outcome, uncertainty, coverage, run=run)
         self.claims.append(claim)
         return claim
 
@@ -152,11 +160,20 @@ class Ledger:
     def table(self):
         """The ledger as a pandas DataFrame (rendered as a table in the book)."""
         import pandas as pd
+        from .rules import rule
         rows = [{"claim": c.id, "paper": c.paper, "ours": c.ours, "uncertainty": c.uncertainty,
+                 "our run": c.run or "–", "the paper's protocol": rule(c.id).protocol or "–",
                  "rule": c.rule, "tested": c.tested or "the rule requires nothing more",
                  "verdict": c.verdict + (f" (the rule's conditions on these runs: {c.rule_outcome})"
                                          if c.verdict == NOT_TESTED else "")} for c in self.claims]
         return pd.DataFrame(rows).set_index("claim")
+
+    def styled(self):
+        """`table` as the chapter shows it: text escaped (rules contain '<'), and each claim ID
+        an anchor (`anchor`) that the report and the intro link to."""
+        return (self.table().style.format(escape="html")
+                .format_index(lambda claim_id: f'<span id="{anchor(claim_id)}">{claim_id}</span>', escape=None)
+                .set_properties(**{"text-align": "left"}))
 
     def save(self, path) -> None:
         path = Path(path)

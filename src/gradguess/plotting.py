@@ -1,12 +1,18 @@
 """One look for every figure and table: seaborn's theme; each method's colour and label come
-from its record in `gradguess.methods`; `table` shows a DataFrame as a reader wants it."""
+from its record in `gradguess.methods`; `variants` draws the variants of one method (its
+estimators, its k or p) in shades of its colour, told apart by line style; `table` shows a
+DataFrame as a reader wants it."""
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.colors import to_hex
 from matplotlib.ticker import MaxNLocator
 
-from .methods import METHODS
+from .methods import METHODS, shade
+
+LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)))
+HIGHLIGHT = "#d8ecd8"  # a table's best cell (the report's shade of "reproduced")
 
 
 def set_style() -> None:
@@ -20,7 +26,21 @@ def label(method: str) -> str:
 
 
 def color(method: str):
+    """A method's colour (`gradguess.methods`); a variant's is a shade of its family's."""
     return METHODS[method].color if method in METHODS else "gray"
+
+
+def variants(method: str, n: int) -> list[dict]:
+    """Line styles for ``n`` variants of ``method`` in one figure (its estimators, its k or p):
+    shades of the method's colour from dark to light, each with its own dash pattern, as
+    ``plot`` keywords (``color``, ``linestyle``)."""
+    if n < 1:
+        raise ValueError(f"a figure draws at least one variant, got n={n}")
+    if n > len(LINESTYLES):
+        raise ValueError(f"at most {len(LINESTYLES)} variants of one method can be told apart, got {n}")
+    amounts = np.linspace(-0.35, 0.45, n) if n > 1 else [0.0]
+    return [{"color": shade(to_hex(color(method)), float(a)), "linestyle": style}
+            for a, style in zip(amounts, LINESTYLES)]
 
 
 def whole_ticks(ax, axis: str = "x") -> None:

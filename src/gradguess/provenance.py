@@ -54,7 +54,8 @@ def source_fingerprint(chapter: str) -> str:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"cpu: {platform.processor() or platform.machine()}, {threads} thread{'s' * (threads != 1)}"
 
 
 def provenance(*, scale: str, device: torch.device, dataset: str, data_source: str, seed: int,
@@ -66,7 +67,7 @@ def provenance(*, scale: str, device: torch.device, dataset: str, data_source: s
     record = {
         "scale": scale,
         "device": device_name(device),
-        "dataset": f"{dataset} ({data_source})",
+        "dataset": f"{dataset} ({data_source})" if data_source else dataset,
         "seed": seed,
         "float32 matmuls": ("TF32" if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
                             else "full float32"),
@@ -75,11 +76,18 @@ def provenance(*, scale: str, device: torch.device, dataset: str, data_source: s
         "python": platform.python_version(),
         **{package: _version(package) for package in PACKAGES},
         "executed at (UTC)": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        **{f"setting: {name}": _plain(value) for name, value in (settings or {}).items()},
+        **{f"setting: {name}": _setting(name, value, device) for name, value in (settings or {}).items()},
         **(extra or {}),
         "wall time": f"{time.perf_counter() - started:.0f} s",
     }
     return record
+
+
+def _setting(name: str, value, device: torch.device) -> str:
+    """A setting as the provenance shows it; ``tf32`` says that it applies on a GPU only."""
+    if name == "tf32" and device.type != "cuda":
+        return f"{_plain(value)} (TF32 applies on a GPU only; this run: full float32)"
+    return _plain(value)
 
 
 def _plain(value) -> str:

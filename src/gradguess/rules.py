@@ -27,6 +27,13 @@ class Rule:
     thresholds: dict
     requires: dict  # what a test of the claim needs, by name, thresholds filled in (none: {})
     history: tuple  # dicts: date, change, reason, after_run, and commit where known
+    statement: str = ""  # the claim in words, short (shared/paper/claims.md has it whole)
+    protocol: str = ""  # the paper's protocol for the claim: data, architecture, length, seeds
+
+    @property
+    def changed_after_run(self) -> bool:
+        """Whether the rule changed after a run it decides (the report marks its verdict)."""
+        return any(entry["after_run"] for entry in self.history)
 
     def __getitem__(self, name: str) -> float:
         return self.thresholds[name]
@@ -48,7 +55,7 @@ def _rule(claim: str, raw: dict) -> Rule:
     return Rule(claim, raw["chapter"], raw["statistic"], raw["uncertainty"],
                 raw["rule"].format(**raw["thresholds"]), dict(raw["thresholds"]),
                 {name: text.format(**raw["thresholds"]) for name, text in requires.items()},
-                tuple(raw["history"]))
+                tuple(raw["history"]), raw.get("statement", ""), raw.get("protocol", ""))
 
 
 @cache

@@ -28,6 +28,16 @@ SCALES = {
 }
 
 
+def run_in_words(scale: str, device: str) -> str:
+    """Where a run was made, as the book writes it everywhere: its scale and the kind of device
+    (``device`` as a ledger or a provenance cell records it, "cpu", "cuda: NVIDIA H200"). A
+    ``gpu`` or ``paper`` scale run on a CPU says so."""
+    kind = "a GPU" if str(device).startswith("cuda") else "a CPU"
+    if scale in ("gpu", "paper") and kind == "a CPU":
+        return f"{scale} scale, run on a CPU instead of a GPU"
+    return f"{scale} scale on {kind}"
+
+
 def get_scale(name: str = "small") -> Scale:
     """The scale ``name``, unless ``GRADGUESS_SCALE`` names another."""
     chosen = os.environ.get("GRADGUESS_SCALE") or name

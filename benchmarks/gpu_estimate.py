@@ -16,7 +16,7 @@ measured step time (`benchmarks/step_time.py --device cuda`: backprop 2.9 ms, fu
 2.3 ms, on a 6x1024 MLP at batch 128) divided by the ops this script counts for those steps
 (155 and 157); the FLOP rate (30 TFLOP/s) is a sustained float32 rate on one H100, 150 with
 TF32 for the chapters that allow it. Multiplied by each chapter's step counts (from
-`gradguess.settings`), this gives an estimate, not a measurement: on a GPU, run the chapters.
+`gradguess.book.settings`), this gives an estimate, not a measurement: on a GPU, run the chapters.
 Parts of chapters left out (plots, probes outside training loops, the cost chapter's own timing
 loops) are listed in the output as such.
 """
@@ -27,15 +27,15 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils.flop_counter import FlopCounterMode
 
-from gradguess import grid, mixer_grid, training
-from gradguess.data import Dataset
-from gradguess.estimators import guessed_gradient
-from gradguess.grid import Run, train_grid
-from gradguess.mixer_grid import MixerRun, train_mixer_stack
-from gradguess.models import MLP
-from gradguess.prompts import small_vit
-from gradguess.settings import chapter_settings
-from gradguess.subspaces import subspace_scores
+from gradguess.engine import grid, mixer_grid, training
+from gradguess.core.data import Dataset
+from gradguess.core.estimators import guessed_gradient
+from gradguess.engine.grid import Run, train_grid
+from gradguess.engine.mixer_grid import MixerRun, train_mixer_stack
+from gradguess.core.models import MLP
+from gradguess.core.prompts import small_vit
+from gradguess.book.settings import chapter_settings
+from gradguess.analysis.subspaces import subspace_scores
 
 FULL_TRAIN = 60000  # Fashion-MNIST's and MNIST's training sets: the `gpu` and `paper` scales
 

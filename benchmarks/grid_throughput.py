@@ -5,7 +5,7 @@ measured in one run.
 
 The grid is Table 1's for one architecture: every stackable method x ``--seeds`` seeds, AdamW,
 one epoch of ``--steps`` batches of 128 on MNIST-shaped random data. The same runs go once
-through `gradguess.grid.train_stack` (one stack) and once through `gradguess.training.train_mlp`
+through `gradguess.engine.grid.train_stack` (one stack) and once through `gradguess.engine.training.train_mlp`
 (one run after another); the script prints run-steps per second of each and their ratio. A
 benchmark, not a test: it asserts nothing.
 """
@@ -14,10 +14,10 @@ import time
 
 import torch
 
-from gradguess.data import Dataset
-from gradguess.grid import Run, train_stack
-from gradguess.scales import resolve_device
-from gradguess.training import train_mlp
+from gradguess.core.data import Dataset
+from gradguess.engine.grid import Run, train_stack
+from gradguess.book.scales import resolve_device
+from gradguess.engine.training import train_mlp
 
 TABLE_1 = ["directional", "activation_perturbation", "activation_mixing", "w_transpose",
            "downstream", "self_sharpening", "backprop"]

@@ -6,16 +6,16 @@ measured in one run.
 Each step (guess, directional derivative, update, optimizer step) is timed over the same batch,
 interleaved with the others so that machine load affects all alike; the median of the repeats
 is divided by backprop's. Memory: the peak the gradient computation needs beyond the model's
-state (`gradguess.cost.peak_step_memory`). A benchmark, not a test: it asserts nothing.
+state (`gradguess.analysis.cost.peak_step_memory`). A benchmark, not a test: it asserts nothing.
 """
 import argparse
 
 import torch
 
-from gradguess.cost import matmul_units, median_times, peak_step_memory, step_function
-from gradguess.methods import METHODS
-from gradguess.models import MLP
-from gradguess.scales import resolve_device
+from gradguess.analysis.cost import matmul_units, median_times, peak_step_memory, step_function
+from gradguess.core.methods import METHODS
+from gradguess.core.models import MLP
+from gradguess.book.scales import resolve_device
 
 
 def main():

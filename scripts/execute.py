@@ -30,7 +30,7 @@ import jupytext
 import nbformat
 import papermill
 
-from gradguess.scales import SCALES
+from gradguess.book.scales import SCALES
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ROOT / "book" / "chapters"

@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from gradguess.data import Dataset
-from gradguess.mixer import LocalMixer
-from gradguess.models import MLP, Trace
+from gradguess.core.data import Dataset
+from gradguess.core.mixer import LocalMixer
+from gradguess.core.models import MLP, Trace
 
 
 @pytest.fixture

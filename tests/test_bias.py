@@ -5,16 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from gradguess import bias
-from gradguess.bias import (COSINE, NOISE, RELATIVE, averaged_cosines,
+from gradguess.analysis import bias
+from gradguess.analysis.bias import (COSINE, NOISE, RELATIVE, averaged_cosines,
                             covariance_step, expectation_check,
                             guess_samples, mean_guess_cosine, mean_step,
                             signal_to_noise, signal_to_noise_exponent, signal_to_noise_growth,
                             step_standard_error, toy_bias, w_transpose_expected_step)
-from gradguess.estimators import (backprop_gradient, guessed_gradient, per_example_gradients,
+from gradguess.core.estimators import (backprop_gradient, guessed_gradient, per_example_gradients,
                                   preactivation_jvp)
-from gradguess.methods import METHODS
-from gradguess.metrics import cosine_similarity
+from gradguess.core.methods import METHODS
+from gradguess.core.metrics import cosine_similarity
 
 from conftest import traced
 

@@ -8,10 +8,12 @@ import jupytext
 import nbformat
 import pytest
 
-from gradguess.ledger import CLAIM_IDS, VERDICTS, Ledger
-from gradguess.provenance import source_fingerprint
-from gradguess.report import execution_status, provenance_of
-from gradguess.scales import SCALES
+from gradguess.book.rules import CLAIM_IDS
+from gradguess.analysis.decisions import VERDICTS
+from gradguess.book.ledger import Ledger
+from gradguess.book.provenance import source_fingerprint
+from gradguess.book.report import execution_status, provenance_of
+from gradguess.book.scales import SCALES
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ROOT / "book" / "chapters"

@@ -7,8 +7,8 @@ import textwrap
 import pytest
 import torch
 
-from gradguess import cache
-from gradguess.cache import CACHE_STATS, cached, cached_call, call_key
+from gradguess.book import cache
+from gradguess.book.cache import CACHE_STATS, cached, cached_call, call_key
 
 from conftest import blobs
 

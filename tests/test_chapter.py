@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from gradguess import chapter as runtime
-from gradguess.chapter import start
-from gradguess.scales import SCALES
-from gradguess.settings import SETTINGS, NoSettings, chapter_settings
+from gradguess.book import chapter as runtime
+from gradguess.book.chapter import start
+from gradguess.book.scales import SCALES
+from gradguess.book.settings import SETTINGS, NoSettings, chapter_settings
 
 from conftest import blobs
 
@@ -79,7 +79,7 @@ def test_bad_parameters_fail_clearly():
 
 
 def test_source_fingerprint_changes_with_the_package_the_rules_or_the_chapter(tmp_path, monkeypatch):
-    from gradguess import provenance
+    from gradguess.book import provenance
     package, chapters = tmp_path / "gradguess", tmp_path / "chapters"
     package.mkdir(), chapters.mkdir()
     (tmp_path / "rules.toml").write_text("# rules\n")

@@ -1,9 +1,9 @@
 """The cost measurements measure what they say (no timing is asserted)."""
 import torch
 
-from gradguess.cost import (matmul_units, median_times, peak_memories, peak_step_memory,
+from gradguess.analysis.cost import (matmul_units, median_times, peak_memories, peak_step_memory,
                             replicate_throughput, step_function, step_times)
-from gradguess.models import MLP
+from gradguess.core.models import MLP
 
 from conftest import blobs
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from gradguess import data
-from gradguess.data import DataNotFoundError, Dataset, centred, load_dataset, pad_images, random_crop_flip
+from gradguess.core import data
+from gradguess.core.data import DataNotFoundError, Dataset, centred, load_dataset, pad_images, random_crop_flip
 
 
 def write_idx(path, array):

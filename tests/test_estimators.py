@@ -3,12 +3,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gradguess import guesses
-from gradguess.estimators import (backprop_gradient, estimate_gradient, guessed_gradient,
+from gradguess.core import guesses
+from gradguess.core.estimators import (backprop_gradient, estimate_gradient, guessed_gradient,
                                   per_example_gradients, preactivation_jvp, weight_jvp)
-from gradguess.methods import METHODS
-from gradguess.metrics import cosine_similarity
-from gradguess.models import MLP, linear_site, write_linear_grad
+from gradguess.core.methods import METHODS
+from gradguess.core.metrics import cosine_similarity
+from gradguess.core.models import MLP, linear_site, write_linear_grad
 
 from conftest import tiny_mixer, traced
 

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from gradguess.estimators import estimate_gradient
-from gradguess.fused import FUSED_METHODS, FUSED_MODES, fused_gradient
-from gradguess.models import MLP, stack_mlps
-from gradguess.training import train
+from gradguess.core.estimators import estimate_gradient
+from gradguess.core.fused import FUSED_METHODS, FUSED_MODES, fused_gradient
+from gradguess.core.models import MLP, stack_mlps
+from gradguess.engine.training import train
 
 from conftest import blobs
 
@@ -72,8 +72,8 @@ def test_fused_refuses_what_it_cannot_do(net):
 
 
 def test_auto_estimator_is_fused_where_it_applies(net):
-    from gradguess.models import MLP as Plain
-    from gradguess.estimators import resolve_estimator
+    from gradguess.core.models import MLP as Plain
+    from gradguess.core.estimators import resolve_estimator
     model = Plain(4, 8, 3, 2)
     assert resolve_estimator("auto", model, "w_transpose", "global", {}) == "fused"
     assert resolve_estimator("auto", model, "downstream", "global", {"k": 2}) == "reference"

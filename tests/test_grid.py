@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from gradguess.grid import Run, _order, stackable_datasets, train_grid, train_stack
-from gradguess.optimizers import OPTIMIZERS
-from gradguess.training import train_mlp
+from gradguess.engine.grid import Run, _order, stackable_datasets, train_grid, train_stack
+from gradguess.core.optimizers import OPTIMIZERS
+from gradguess.engine.training import train_mlp
 
 from conftest import HostReads, blobs
 
@@ -220,7 +220,7 @@ def test_stackable_datasets_groups_names_by_what_a_stack_shares():
 
 
 def test_a_learning_rate_is_chosen_on_the_runs_own_length_and_data():
-    from gradguess.grid import rate_then_seeds
+    from gradguess.engine.grid import rate_then_seeds
     calls = []
 
     def fake_grid(data, runs, **grid_args):
@@ -248,7 +248,7 @@ def test_a_learning_rate_is_chosen_on_the_runs_own_length_and_data():
 
 
 def test_a_diverged_rate_is_never_chosen():
-    from gradguess.grid import rate_then_seeds
+    from gradguess.engine.grid import rate_then_seeds
 
     def fake_grid(data, runs, **grid_args):
         return [{"train_acc": [0.9], "diverged": run.lr == 1e-2} for run in runs]

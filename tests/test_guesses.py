@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from gradguess import guesses
-from gradguess.estimators import backprop_gradient
-from gradguess.methods import METHODS
-from gradguess.metrics import cosine_similarity, flatten
+from gradguess.core import guesses
+from gradguess.core.estimators import backprop_gradient
+from gradguess.core.methods import METHODS
+from gradguess.core.metrics import cosine_similarity, flatten
 
 from conftest import traced
 

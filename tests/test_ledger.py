@@ -1,7 +1,8 @@
 import pytest
 
-from gradguess.ledger import Ledger, all_of, any_of, at_least, banded, exceeds, verdict
-from gradguess.rules import rule
+from gradguess.analysis.decisions import all_of, any_of, at_least, banded, exceeds, verdict
+from gradguess.book.ledger import Ledger
+from gradguess.book.rules import rule
 
 
 def test_verdict_follows_the_rule():
@@ -99,7 +100,7 @@ def test_a_chapter_must_check_exactly_the_rules_test_conditions():
 
 
 def test_critical_values_are_the_t_quantiles_of_2_3_and_4_seeds():
-    from gradguess.ledger import critical
+    from gradguess.analysis.decisions import critical
     # two-sided 95% Student-t quantiles (printed tables: 12.706, 4.303, 3.182)
     assert critical(1) == pytest.approx(12.706, abs=1e-3)
     assert critical(2) == pytest.approx(4.303, abs=1e-3)

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 
 import gradguess
-from gradguess import plotting
-from gradguess.cost import matmul_units
-from gradguess.fused import FUSED_METHODS
-from gradguess.methods import METHODS, SPACES, get_method, method_names
-from gradguess.prompts import PROMPT_METHODS
+from gradguess.book import plotting
+from gradguess.analysis.cost import matmul_units
+from gradguess.core.fused import FUSED_METHODS
+from gradguess.core.methods import METHODS, SPACES, get_method, method_names
+from gradguess.core.prompts import PROMPT_METHODS
 
 PACKAGE = Path(gradguess.__file__).parent
 
@@ -37,7 +37,8 @@ def method_tables(source: str) -> list[str]:
 
 
 # settings.py chooses which registered methods a chapter runs: a selection, not a table
-@pytest.mark.parametrize("module", sorted(p.name for p in PACKAGE.glob("*.py")
+@pytest.mark.parametrize("module", sorted(p.relative_to(PACKAGE).as_posix()
+                                          for p in PACKAGE.rglob("*.py")
                                           if p.name not in ("methods.py", "settings.py")))
 def test_no_module_but_the_registry_keeps_a_table_of_methods(module):
     assert method_tables((PACKAGE / module).read_text()) == []

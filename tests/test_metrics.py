@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from gradguess.estimators import backprop_gradient
-from gradguess.metrics import (as_directional_step, best_loss_reduction, cosine_similarity,
+from gradguess.core.estimators import backprop_gradient
+from gradguess.core.metrics import (as_directional_step, best_loss_reduction, cosine_similarity,
                                effective_rank, layer_cosines, mean_projection_cosine, offset_share,
                                one_step_effectiveness, principal_basis, projection_cosine,
                                random_basis, rank_correlation, span_basis)

@@ -4,12 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gradguess import guesses
-from gradguess.estimators import (_local_slices, backprop_gradient, guessed_gradient,
+from gradguess.core import guesses
+from gradguess.core.estimators import (_local_slices, backprop_gradient, guessed_gradient,
                                   per_example_gradients, preactivation_jvp)
-from gradguess.metrics import cosine_similarity
-from gradguess.mixer import LocalMixer
-from gradguess.models import Trace
+from gradguess.core.metrics import cosine_similarity
+from gradguess.core.mixer import LocalMixer
+from gradguess.core.models import Trace
 
 from conftest import tiny_mixer
 

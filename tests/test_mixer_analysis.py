@@ -1,10 +1,10 @@
-"""Scoring a LocalMixer's guesses layer by layer (`gradguess.mixer.local_guess_cosines`): the
+"""Scoring a LocalMixer's guesses layer by layer (`gradguess.analysis.localmixer.local_guess_cosines`): the
 names of the layers, the three ways of scaling a guess, and the model left as it was."""
 import pytest
 import torch
 
-from gradguess.mixer import JVP_WAYS, layer_names, local_guess_cosines
-from gradguess.training import probe
+from gradguess.analysis.localmixer import JVP_WAYS, layer_names, local_guess_cosines
+from gradguess.core.probes import probe
 
 from conftest import tiny_mixer
 

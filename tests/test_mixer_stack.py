@@ -1,13 +1,13 @@
-"""LocalMixer runs side by side (`gradguess.mixer_grid`): each replicate is the run
+"""LocalMixer runs side by side (`gradguess.engine.mixer_grid`): each replicate is the run
 `train_mixer` makes alone, number for number, with one read back to the host per epoch."""
 import numpy as np
 import pytest
 import torch
 
-from gradguess.data import Dataset, random_crop_flip, random_crop_flip_each
-from gradguess.mixer import LocalMixer
-from gradguess.mixer_grid import MixerRun, StackedLocalMixer, train_mixer_stack
-from gradguess.training import train_mixer
+from gradguess.core.data import Dataset, random_crop_flip, random_crop_flip_each
+from gradguess.core.mixer import LocalMixer
+from gradguess.engine.mixer_grid import MixerRun, StackedLocalMixer, train_mixer_stack
+from gradguess.engine.training import train_mixer
 from conftest import HostReads
 
 ARCH = dict(image_size=8, patch=4, channels=8, blocks=2, groups=2)

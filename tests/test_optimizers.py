@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from gradguess.optimizers import OPTIMIZERS, StackedOptimizer, make_optimizer
+from gradguess.core.optimizers import OPTIMIZERS, StackedOptimizer, make_optimizer
 from conftest import HostReads
 
 R, SHAPES, STEPS = 3, [(3, 5, 4), (3, 5)], 6

@@ -1,9 +1,9 @@
-"""The poster's numbers as typed into `gradguess.paper`, checked against what the poster and the
+"""The poster's numbers as typed into `gradguess.analysis.paper`, checked against what the poster and the
 paper's text say about them."""
 import pytest
 
-from gradguess.methods import METHODS
-from gradguess.paper import (POSTER_COSINE, POSTER_EFFECTIVENESS, POSTER_LOCALMIXER,
+from gradguess.core.methods import METHODS
+from gradguess.analysis.paper import (POSTER_COSINE, POSTER_EFFECTIVENESS, POSTER_LOCALMIXER,
                              POSTER_LOCALMIXER_ROWS)
 
 

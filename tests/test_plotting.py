@@ -4,8 +4,8 @@ import re
 import numpy as np
 import pandas as pd
 
-from gradguess.methods import METHODS
-from gradguess.plotting import label, table
+from gradguess.core.methods import METHODS
+from gradguess.book.plotting import label, table
 
 
 def cells(styler) -> list[str]:
@@ -42,7 +42,7 @@ def _hue(color: str) -> float:
 
 
 def test_every_method_has_its_familys_hue_and_families_have_their_own():
-    from gradguess.plotting import color
+    from gradguess.book.plotting import color
     families = {m.family for m in METHODS.values()}
     for method in METHODS.values():
         base = color(method.family)
@@ -52,7 +52,7 @@ def test_every_method_has_its_familys_hue_and_families_have_their_own():
 
 
 def test_variants_are_shades_of_their_method_told_apart_by_line_style():
-    from gradguess.plotting import color, variants
+    from gradguess.book.plotting import color, variants
     styles = variants("downstream", 4)
     assert len({s["color"] for s in styles}) == 4 and len({str(s["linestyle"]) for s in styles}) == 4
     for style in styles:

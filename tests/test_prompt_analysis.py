@@ -1,9 +1,9 @@
-"""A prompt-tuning method's final accuracy over seeds (`gradguess.prompts.final_accuracy`)."""
+"""A prompt-tuning method's final accuracy over seeds (`gradguess.core.prompts.final_accuracy`)."""
 import math
 
 import pytest
 
-from gradguess.prompts import final_accuracy
+from gradguess.core.prompts import final_accuracy
 
 
 def run(*accuracies, diverged=False):

@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from gradguess.data import Dataset
-from gradguess.optimizers import OPTIMIZERS
-from gradguess.prompts import (PromptedViT, estimate_stacked_prompt_gradients,
+from gradguess.core.data import Dataset
+from gradguess.core.optimizers import OPTIMIZERS
+from gradguess.core.prompts import (PromptedViT, estimate_stacked_prompt_gradients,
                               prompt_stack_order, small_vit)
-from gradguess.training import tune_prompt_stack, tune_prompts
+from gradguess.engine.training import tune_prompt_stack, tune_prompts
 from conftest import HostReads
 
 METHODS = ["backprop", "head_only", "directional", "activation_perturbation", "w_transpose"]

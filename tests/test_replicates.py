@@ -2,12 +2,12 @@
 import pytest
 import torch
 
-from gradguess import guesses
-from gradguess.estimators import backprop_gradient, estimate_gradient
-from gradguess.methods import METHODS, Method
-from gradguess.metrics import cosine_similarity, effective_rank, replicate_cosines
-from gradguess.models import MLP, StackedMLP, stack_mlps
-from gradguess.training import accuracy, train_replicates
+from gradguess.core import guesses
+from gradguess.core.estimators import backprop_gradient, estimate_gradient
+from gradguess.core.methods import METHODS, Method
+from gradguess.core.metrics import cosine_similarity, effective_rank, replicate_cosines
+from gradguess.core.models import MLP, StackedMLP, stack_mlps
+from gradguess.engine.training import accuracy, train_replicates
 
 from conftest import blobs, traced
 

@@ -4,13 +4,15 @@ from dataclasses import dataclass
 
 import pytest
 
-from gradguess.chapter import start
-from gradguess.ledger import CLAIM_IDS, NOT_TESTED, VERDICTS, Claim, Ledger, anchor
-from gradguess.report import (claims_table, deciding_condition, execution_status, provenance_of,
+from gradguess.book.chapter import start
+from gradguess.book.rules import CLAIM_IDS
+from gradguess.analysis.decisions import NOT_TESTED, VERDICTS
+from gradguess.book.ledger import Claim, Ledger, anchor
+from gradguess.book.report import (claims_table, deciding_condition, execution_status, provenance_of,
                               report_table, results_summary, scales_table)
-from gradguess.rules import load as load_rules
-from gradguess.scales import SCALES, run_in_words
-from gradguess.settings import SETTINGS
+from gradguess.book.rules import load as load_rules
+from gradguess.book.scales import SCALES, run_in_words
+from gradguess.book.settings import SETTINGS
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 import pytest
 
-from gradguess import rules
-from gradguess.ledger import CLAIM_IDS
-from gradguess.settings import SETTINGS
+from gradguess.book import rules
+from gradguess.book.rules import CLAIM_IDS
+from gradguess.book.settings import SETTINGS
 
 
 def test_every_claim_has_one_registered_rule_with_a_history():

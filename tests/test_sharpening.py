@@ -3,9 +3,9 @@ different lengths line up, which epochs a window mean covers."""
 import numpy as np
 
 from conftest import blobs
-from gradguess.sharpening import (correlations_by_replicate, hidden_cosine, hidden_rank, range_holds,
+from gradguess.analysis.sharpening import (correlations_by_replicate, hidden_cosine, hidden_rank, range_holds,
                                   series, window_means)
-from gradguess.training import train_mlp
+from gradguess.engine.training import train_mlp
 
 # two probes (initialisation, one epoch) of a 4-layer net
 RUN = {"layer_cosines": [[0.1, 0.3, 0.5, 1.0], [0.2, 0.4, 0.6, 1.0]],

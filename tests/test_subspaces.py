@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gradguess.data import Dataset
-from gradguess.guesses import activation_mixing_guess
-from gradguess.models import MLP
-from gradguess.subspaces import (ClassDirections, bootstrap_ratio_interval, class_directions,
+from gradguess.core.data import Dataset
+from gradguess.core.guesses import activation_mixing_guess
+from gradguess.core.models import MLP
+from gradguess.analysis.subspaces import (ClassDirections, bootstrap_ratio_interval, class_directions,
                                  first_direction, masked_span_cosines, mixing_against_bound,
                                  pc_similarity, pc_similarity_per_class, random_mixture,
                                  scores_along_training, subspace_scores)

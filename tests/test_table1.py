@@ -4,9 +4,9 @@ import math
 
 import numpy as np
 
-from gradguess import plotting
-from gradguess.paper import PAPER_DATASETS, TABLE1
-from gradguess.table1 import (PAPER_ARCHITECTURES, as_table, bootstrap_orderings,
+from gradguess.book import plotting
+from gradguess.analysis.paper import PAPER_DATASETS, TABLE1
+from gradguess.analysis.table1 import (PAPER_ARCHITECTURES, as_table, bootstrap_orderings,
                               by_difficulty, cell_stats, cell_text, gap_steps, gaps, grows, increasing,
                               orderings, paper_mean, paper_text, seed_gaps)
 
@@ -139,7 +139,7 @@ def test_gap_steps_and_grows_decide_against_the_seed_noise():
 
 
 def test_hardest_over_easiest_compares_the_end_datasets_with_welch_df():
-    from gradguess.table1 import hardest_over_easiest
+    from gradguess.analysis.table1 import hardest_over_easiest
     per_seed = [[2.0, 4.0, 3.0], [50.0, 60.0, 55.0], [10.0, 12.0, 11.0]]  # MNIST, SVHN, CIFAR-100
     diff, se, df = hardest_over_easiest(per_seed)
     assert diff == pytest.approx(8.0)  # 11 - 3: the middle dataset plays no part

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from gradguess.models import MLP
-from gradguess.scales import SCALES, get_scale, resolve_device
-from gradguess.training import (OPTIMIZERS, guess_quality_along_backprop, make_optimizer, probe,
+from gradguess.core.models import MLP
+from gradguess.book.scales import SCALES, get_scale, resolve_device
+from gradguess.core.probes import probe
+from gradguess.engine.training import (OPTIMIZERS, guess_quality_along_backprop, make_optimizer,
                                 train, train_mlp)
 
 from conftest import blobs
@@ -129,7 +130,7 @@ def test_on_epoch_records_probe_scores_before_and_after_each_epoch():
 
 
 def test_augmented_training_is_seeded_and_differs_from_plain():
-    from gradguess.data import Dataset
+    from gradguess.core.data import Dataset
     g = torch.Generator().manual_seed(0)
     x = torch.randn(80, 1, 8, 8, generator=g)
     y = (x[:, 0, 2:6, 2:6].mean((1, 2)) > 0).long()

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from gradguess.uncertainty import (accuracy_difference, below, binomial_se, decided, difference, mean_and_se,
+from gradguess.analysis.uncertainty import (accuracy_difference, below, binomial_se, decided, difference, mean_and_se,
                                    paired_difference, ratio_at_least, ratio_factor)
 
 
@@ -65,14 +65,14 @@ def test_paired_difference_adds_the_seed_spread_to_the_binomial_error():
 
 
 def test_welch_df_lies_between_the_smaller_and_the_sum():
-    from gradguess.uncertainty import welch_df
+    from gradguess.analysis.uncertainty import welch_df
     assert welch_df(1.0, 3, 1.0, 3) == pytest.approx(6.0)  # equal errors: the sum
     assert 3 <= welch_df(1.0, 3, 0.1, 9) <= 12
     assert welch_df(1.0, 3, 0.0, 9) == pytest.approx(3.0)  # one exact mean: the other's df
 
 
 def test_ratio_at_most_on_a_log_scale():
-    from gradguess.uncertainty import ratio_at_most
+    from gradguess.analysis.uncertainty import ratio_at_most
     assert ratio_at_most((100.0, 1.0), (1.0, 0.01), 200) is True
     assert ratio_at_most((400.0, 1.0), (1.0, 0.01), 200) is False
     assert ratio_at_most((221.0, 20.0), (1.0, 0.1), 200) is None  # within its noise

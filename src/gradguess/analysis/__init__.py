@@ -1,0 +1,1 @@
+"""The analyses the chapters call: statistics, decisions and the paper's numbers."""

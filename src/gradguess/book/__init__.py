@@ -1,0 +1,1 @@
+"""The book's runtime: settings, scales, rules, ledger, provenance, run store, chapter, report, plotting."""

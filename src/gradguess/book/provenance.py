@@ -1,0 +1,100 @@
+"""Where and how a chapter was executed: scale, device, data, seed, versions, commit, the
+fingerprint of the code it ran, time."""
+import hashlib
+import platform
+import subprocess
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+PACKAGE = Path(__file__).resolve().parents[1]
+CHAPTER_SOURCES = PACKAGE.parents[1] / "book" / "chapters"  # in a checkout of the book
+PACKAGES = ("gradguess", "torch", "torchvision", "numpy", "matplotlib", "seaborn", "torch-optimi")
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def git_commit(path=None) -> str:
+    """The checkout's commit, with "+changes" when tracked files differ from it (other than
+    the executed chapters themselves, which an execution rewrites)."""
+    cwd = Path(path or Path(__file__).parent)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd,
+                                capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ":(top)", ":(top,exclude)book/executed"],
+                               cwd=cwd, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return commit + ("+changes" if dirty else "")
+
+
+def source_fingerprint(chapter: str) -> str:
+    """A hash of the code an execution of ``chapter`` runs: every module of this package, the
+    registered rules (book/rules.toml) and the chapter's own source (book/chapters/<chapter>.md). A committed execution whose
+    fingerprint differs from today's ran other code (tests/test_book.py checks)."""
+    source = CHAPTER_SOURCES / f"{chapter}.md"
+    if not source.exists():
+        return "unknown (no chapter source at hand)"
+    digest = hashlib.sha256()
+    rules = CHAPTER_SOURCES.parent / "rules.toml"
+    for path in [*sorted(PACKAGE.rglob("*.py")), rules, source]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    threads = torch.get_num_threads()
+    return f"cpu: {platform.processor() or platform.machine()}, {threads} thread{'s' * (threads != 1)}"
+
+
+def provenance(*, scale: str, device: torch.device, dataset: str, data_source: str, seed: int,
+               started: float, settings: dict | None = None, extra: dict | None = None,
+               chapter: str | None = None) -> dict:
+    """A record of this execution; ``started`` is the ``time.perf_counter()`` at its start.
+    Every one of the chapter's ``settings`` gets a row ``setting: <name>``; ``chapter`` names
+    whose `source_fingerprint` it records."""
+    record = {
+        "scale": scale,
+        "device": device_name(device),
+        "dataset": f"{dataset} ({data_source})" if data_source else dataset,
+        "seed": seed,
+        "float32 matmuls": ("TF32" if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+                            else "full float32"),
+        "git commit": git_commit(),
+        "source fingerprint": source_fingerprint(chapter) if chapter else "–",
+        "python": platform.python_version(),
+        **{package: _version(package) for package in PACKAGES},
+        "executed at (UTC)": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        **{f"setting: {name}": _setting(name, value, device) for name, value in (settings or {}).items()},
+        **(extra or {}),
+        "wall time": f"{time.perf_counter() - started:.0f} s",
+    }
+    return record
+
+
+def _setting(name: str, value, device: torch.device) -> str:
+    """A setting as the provenance shows it; ``tf32`` says that it applies on a GPU only."""
+    if name == "tf32" and device.type != "cuda":
+        return f"{_plain(value)} (TF32 applies on a GPU only; this run: full float32)"
+    return _plain(value)
+
+
+def _plain(value) -> str:
+    """A setting as text: sequences without brackets' clutter, None as "all"."""
+    if value is None:
+        return "all"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_plain(v) if not isinstance(v, (list, tuple))
+                         else "x".join(map(str, v)) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,1 @@
+"""The guessing core: models, guesses, the method registry, estimators, metrics, optimizers, data."""

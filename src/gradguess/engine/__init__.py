@@ -1,0 +1,1 @@
+"""The run engine: training loops and stacks of runs side by side."""

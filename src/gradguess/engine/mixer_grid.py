@@ -1,0 +1,462 @@
+"""LocalMixer runs side by side: the LocalMixer chapter's grid as replicates of one computation.
+
+A LocalMixer step at the book's sizes is a few hundred tiny kernels, so a GPU spends the run
+waiting on launches. `train_mixer_stack` trains R runs (method x local x augmentation x seed)
+of one architecture as the replicates of one `StackedLocalMixer`, whose weights carry a
+leading replicate dimension: every kernel of a step serves all R runs. Replicate r is, number
+for number, the run `training.train_mixer` would make alone (tests check this in float64):
+
+- its own initialisation (``torch.manual_seed(seed)`` then a `mixer.LocalMixer`, as
+  `train_mixer`), batch order (a CPU generator seeded ``seed``), augmentation (a generator
+  seeded ``seed + 2``, `data.random_crop_flip_each`) and guesses (a generator seeded
+  ``seed + 1``, drawn per replicate through `guesses.ReplicateGenerators` in a run's order);
+- its own method and local flag. The guessing replicates share one forward pass (every
+  pre-activation and loss), draw their guesses per method group on views of the stack, and
+  share one JVP that scales them, as the reference estimator's global mode does (each local
+  loss by its own derivative, `LocalMixer.local_losses`). The backprop replicates share one
+  forward and one backward pass, which give their exact gradient at every pre-activation.
+  Each layer's weight update is then one batched outer product per block of replicates.
+
+Nothing is read back to the host during an epoch: losses, divergence (a non-finite loss or
+weight ends a replicate's history, as it ends a run) and accuracies stay on the device and are
+read once at the end of each epoch.
+"""
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..core.data import FLIPPABLE, random_crop_flip_each
+from ..core.estimators import resolve_estimator
+from ..core.guesses import ReplicateGenerators
+from .histories import record_epoch
+from ..core.losses import cross_entropy_per_example, error_vector
+from ..core.methods import get_method, method_names
+from ..core.mixer import LocalMixer
+from ..core.models import Trace
+from ..core.optimizers import StackedOptimizer
+
+# Backprop and the activation-space methods with a per-layer guess (the stack draws them from
+# its own pre-activations, layer after layer, as a run draws them).
+STACKABLE = method_names(lambda m: m.space == "exact" or (m.space == "activations"
+                                                           and m.guess_at is not None))
+
+
+@dataclass(frozen=True)
+class MixerRun:
+    """One run of the LocalMixer grid: what `train_mixer` takes besides the shared settings."""
+    method: str
+    local: bool
+    augment: bool = False
+    seed: int = 0
+
+
+class _Slice:
+    """One layer's weights for a block of replicates (views of the stack's parameters)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor):
+        self.weight, self.bias = weight, bias
+
+
+class _Stacked:
+    """The LocalMixer's forward pass, losses and layer connections (`gradguess.core.mixer`) for R
+    replicates of one architecture: weights ``[R, ...]``, sites ``[R, B, ...]``. Needs
+    ``layers`` (``.weight``, ``.bias``), ``replicates``, ``local`` (R bools), ``local_rows``
+    (the same on the device) and the geometry `_geometry` copies from a LocalMixer."""
+
+    site_dims = {kind: d + 1 for kind, d in LocalMixer.site_dims.items()}  # R and B included
+
+    def _geometry(self, like) -> None:
+        for name in ("patch", "image_size", "tokens", "channels", "groups", "split_losses"):
+            setattr(self, name, getattr(like, name))
+
+    _kind = LocalMixer._kind
+
+    # --- the forward pass ------------------------------------------------------------------
+
+    def patches(self, x: Tensor) -> Tensor:
+        """[R, B, C, H, W] (one batch per replicate) or [B, C, H, W] (one for all) -> [R, B, T, C P P]."""
+        if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+            raise ValueError(f"LocalMixer was built for {self.image_size}x{self.image_size} images, "
+                             f"got {tuple(x.shape[-2:])}; pad them (gradguess.core.data.pad_images)")
+        if x.dim() == 4:
+            p = F.unfold(x, self.patch, stride=self.patch).transpose(1, 2)
+            return p.expand(self.replicates, *p.shape)
+        p = F.unfold(x.flatten(0, 1), self.patch, stride=self.patch).transpose(1, 2)
+        return p.unflatten(0, x.shape[:2])
+
+    def _site(self, i: int, u: Tensor, perturbations, trace) -> Tensor:
+        layer = self.layers[i]
+        if self._kind(i) == "channel":  # grouped: [R, B, T, G, in] -> [R, B, T, G, out]
+            s = torch.einsum("rbtgi,rgoi->rbtgo", u, layer.weight) + layer.bias[:, None, None]
+        else:                           # [R, ..., in] -> [R, ..., out], one batched matmul
+            flat = u.reshape(u.shape[0], -1, u.shape[-1])
+            s = torch.baddbmm(layer.bias.unsqueeze(1), flat, layer.weight.transpose(1, 2))
+            s = s.view(*u.shape[:-1], s.shape[-1])
+        if trace is not None:
+            trace.record(u, s)
+        if perturbations is not None and perturbations[i] is not None:
+            s = s + perturbations[i]
+        return s
+
+    def _cut(self, h: Tensor) -> Tensor:
+        """The residual stream, detached for the local replicates (`LocalMixer.blocks`)."""
+        if all(self.local):
+            return h.detach()
+        if not any(self.local):
+            return h
+        return torch.where(self.local_rows.view(-1, 1, 1, 1), h.detach(), h)
+
+    def blocks(self, x: Tensor, perturbations=None, trace=None) -> list[tuple[Tensor, Tensor]]:
+        """Every block's output h [R, B, T, D] and its head's logits, as `LocalMixer.blocks`."""
+        h = self._site(0, self.patches(x), perturbations, trace)
+        r, b, t, d = h.shape
+        out = []
+        for i in range(1, len(self.layers), 3):
+            s = self._site(i, F.layer_norm(h, (d,)).transpose(-1, -2), perturbations, trace)
+            h = h + torch.relu(s).transpose(-1, -2)
+            u = F.layer_norm(h, (d,)).reshape(r, b, t, self.groups, d // self.groups)
+            s = self._site(i + 1, u, perturbations, trace)
+            h = h + torch.relu(s).reshape(r, b, t, d)
+            cut = self._cut(h)
+            out.append((h, self._site(i + 2, cut.mean(-2), perturbations, trace)))
+            h = cut
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The readout's logits [R, B, classes]."""
+        return self.blocks(x)[-1][1]
+
+    def losses(self, x: Tensor, targets: Tensor, perturbations=None, trace=None):
+        """(readout logits, the block losses summed [R, B] and the slices [R, B, blocks T G]
+        of `LocalMixer.local_losses`); the last two None when no replicate is local."""
+        outs = self.blocks(x, perturbations, trace)
+        if not any(self.local):
+            return outs[-1][1], None, None
+        heads, slices = 0, []
+        r, b = targets.shape
+        for k, (h, logits) in enumerate(outs):
+            heads = heads + cross_entropy_per_example(logits, targets)
+            w = self.layers[3 * k + 3].weight.detach()
+            d_pooled = torch.bmm(error_vector(logits.detach(), targets), w) / self.tokens
+            live = (h - h.detach()) * d_pooled[:, :, None, :]
+            slices.append(live.reshape(r, b, self.tokens, self.groups, -1).sum(-1).flatten(2))
+        return outs[-1][1], heads, torch.cat(slices, -1)
+
+    def per_example_loss(self, x: Tensor, targets: Tensor, trace=None) -> Tensor:
+        """[R, B]: the local replicates' local losses summed, the others' readout loss."""
+        readout, heads, slices = self.losses(x, targets, trace=trace)
+        local = heads + slices.sum(-1) if heads is not None else None
+        if all(self.local):
+            return local
+        end_to_end = cross_entropy_per_example(readout, targets)
+        return end_to_end if local is None else torch.where(self.local_rows[:, None], local, end_to_end)
+
+    def local_scale(self, i: int, derivatives: Tensor) -> Tensor:
+        """`LocalMixer.local_scale` with a leading replicate dimension."""
+        d = derivatives.view(*derivatives.shape[:2], -1, self.tokens, self.groups)
+        kind, block = self._kind(i), max(i - 1, 0) // 3
+        if kind == "channel" and self.split_losses:
+            return d[:, :, block, :, :, None]             # [R, B, T, G, 1]
+        if kind == "token" and self.split_losses:
+            return d[:, :, block].sum(-1)[:, :, None, :]  # [R, B, 1, T]
+        total = d[:, :, block].sum((2, 3))
+        return total.view(*total.shape, *[1] * (self.site_dims[kind] - 2))
+
+    # --- how layers connect, for the guesses (`LocalMixer`'s, stacked) -----------------------
+
+    def successor(self, i: int) -> int | None:
+        return None if self._kind(i) == "head" else i + 1
+
+    def pull_back(self, j: int, v: Tensor, weight: Tensor | None = None) -> Tensor:
+        w = self.layers[j].weight if weight is None else weight
+        kind, (r, b) = self._kind(j), v.shape[:2]
+        if kind == "token":    # v [R, B, D, T] -> [R, B, T, D]
+            return (v @ w.unsqueeze(1)).transpose(-1, -2)
+        if kind == "channel":  # v [R, B, T, G, D/G] -> [R, B, D, T]
+            return torch.einsum("rbtgo,rgoi->rbtgi", v, w).reshape(r, b, self.tokens, -1).transpose(-1, -2)
+        if kind == "head":     # v [R, B, classes] -> [R, B, T, G, D/G], through the token mean
+            back = torch.bmm(v, w) / self.tokens
+            return back[:, :, None, :].repeat(1, 1, self.tokens, 1).reshape(r, b, self.tokens, self.groups, -1)
+        raise ValueError(f"layer {j} (the embedding) has no layer before it")
+
+    def inactive(self, i: int, s: Tensor) -> Tensor:
+        if self._kind(i) in ("token", "channel"):
+            return s <= 0
+        return torch.zeros_like(s, dtype=torch.bool)
+
+    def activation(self, i: int, s: Tensor) -> Tensor:
+        return torch.relu(s) if self._kind(i) in ("token", "channel") else s
+
+
+class _Part(_Stacked):
+    """Replicates ``lo:hi`` of a `StackedLocalMixer`: views of its weights, detached (the
+    optimizer updates them in place, so a detached part made once stays current) or not
+    (for a forward pass that autograd differentiates)."""
+
+    def __init__(self, stack: "StackedLocalMixer", lo: int, hi: int, detach: bool = True):
+        cut = (lambda t: t.detach()[lo:hi]) if detach else (lambda t: t[lo:hi])
+        self.layers = [_Slice(cut(layer.weight), cut(layer.bias)) for layer in stack.layers]
+        self.replicates, self.local, self.local_rows = hi - lo, stack.local[lo:hi], stack.local_rows[lo:hi]
+        self._geometry(stack)
+
+
+class _StackedLayer(nn.Module):
+    def __init__(self, weight: Tensor, bias: Tensor):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(weight), nn.Parameter(bias)
+
+
+class StackedLocalMixer(_Stacked, nn.Module):
+    """R `LocalMixer`s of one architecture side by side: replicate r starts as ``mixers[r]``
+    (its weights, its ``local`` flag); layer i's weight is ``[R, *mixers[r].layers[i].weight.shape]``."""
+
+    def __init__(self, mixers: list[LocalMixer]):
+        nn.Module.__init__(self)
+        if not mixers:
+            raise ValueError("StackedLocalMixer needs at least one LocalMixer")
+        first = mixers[0]
+        shape = lambda m: ([p.shape for p in m.parameters()], m.patch, m.groups, m.image_size, m.split_losses)
+        if any(shape(m) != shape(first) for m in mixers):
+            raise ValueError("StackedLocalMixer needs LocalMixers of one architecture")
+        self._geometry(first)
+        self.replicates = len(mixers)
+        self.local = tuple(bool(m.local) for m in mixers)
+        self.layers = nn.ModuleList(
+            _StackedLayer(torch.stack([m.layers[i].weight.detach() for m in mixers]),
+                          torch.stack([m.layers[i].bias.detach() for m in mixers]))
+            for i in range(len(first.layers)))
+        self.register_buffer("local_rows", torch.tensor(self.local), persistent=False)
+
+    def part(self, lo: int, hi: int, detach: bool = True) -> _Part:
+        return _Part(self, lo, hi, detach)
+
+
+@torch.no_grad()
+def _write_grad(layer, kind: str, x_in: Tensor, grad_s: Tensor, lo: int, hi: int) -> None:
+    """Replicates lo:hi's dL/dW = sum over batch and tokens of grad_s x_in^T
+    (`models.write_linear_grad`), written into their slice of ``.grad``."""
+    weight, bias = layer.weight.grad[lo:hi], layer.bias.grad[lo:hi]
+    if kind == "channel":  # [R, B, T, G, out], [R, B, T, G, in]
+        weight.copy_(torch.einsum("rbtgo,rbtgi->rgoi", grad_s, x_in))
+        torch.sum(grad_s.flatten(1, 2), 1, out=bias)
+        return
+    g = grad_s.reshape(grad_s.shape[0], -1, grad_s.shape[-1])
+    torch.bmm(g.transpose(1, 2), x_in.reshape(x_in.shape[0], -1, x_in.shape[-1]), out=weight)
+    torch.sum(g, 1, out=bias)
+
+
+class _Plan:
+    """What a step of the stack needs, fixed at the start: the guessing replicates (the first
+    ``active``, in groups of one method) and backprop's (the rest); per layer, which guessing
+    replicates take an exact gradient instead of a guess (a local replicate's heads, a method's
+    ``exact_last`` layer)."""
+
+    def __init__(self, model: StackedLocalMixer, stack: list[MixerRun], generators):
+        methods = [get_method(run.method) for run in stack]
+        self.model, self.generators = model, generators
+        self.active = sum(m.space == "activations" for m in methods)
+        self.groups, lo = [], 0  # (method, its part of the stack, lo, hi)
+        for r in range(1, self.active + 1):
+            if r == self.active or stack[r].method != stack[lo].method:
+                self.groups.append((methods[lo], model.part(lo, r), lo, r))
+                lo = r
+        self.guessing = model.part(0, self.active) if self.active else None
+        n, device = len(model.layers), model.local_rows.device
+        self.exact = []  # per layer: None (no replicate exact), True (all) or a [A] mask
+        for i in range(n):
+            rows = [(model._kind(i) == "head" and run.local) or (i == n - 1 and m.exact_last)
+                    for run, m in zip(stack[:self.active], methods)]
+            self.exact.append(True if all(rows) else None if not any(rows)
+                              else torch.tensor(rows, device=device))
+
+    @torch.no_grad()
+    def guessed(self, x: Tensor, targets: Tensor, pre: list[Tensor]) -> list[Tensor]:
+        """dL/ds_i of the guessing replicates, as the reference estimator's global mode
+        (`estimators._activation_space_step`): guesses y_i, one JVP of every replicate's
+        losses (local slices, or the readout's loss) along them, (derivative) y_i / B."""
+        n, batch, part = len(pre), targets.shape[-1], self.guessing
+        ys = [[] for _ in range(n)]
+        for method, view, lo, hi in self.groups:
+            options = {"targets": targets[lo:hi]} if method.needs_targets else {}
+            rng = ReplicateGenerators(self.generators[lo:hi])
+            group_pre = [s[lo:hi] for s in pre]
+            for i in range(n):  # layer after layer: each replicate draws as its run draws
+                ys[i].append(method.guess_at(view, group_pre, i, rng, **options))
+        ys = [torch.cat(y) if len(y) > 1 else y[0] for y in ys]
+        rows = lambda mask, like: mask.view(-1, *[1] * (like.dim() - 1))
+        tangents = [None if exact is True else y if exact is None else y.masked_fill(rows(exact, y), 0)
+                    for y, exact in zip(ys, self.exact)]  # an exact site is not perturbed
+        perturbed = [i for i, t in enumerate(tangents) if t is not None]
+
+        def outputs(*deltas):
+            perturbations = [None] * n
+            for i, delta in zip(perturbed, deltas):
+                perturbations[i] = delta
+            readout, _, slices = part.losses(x, targets, perturbations)
+            wanted = (slices,) if any(part.local) else ()
+            return wanted + (() if all(part.local) else (cross_entropy_per_example(readout, targets),))
+
+        derivatives = torch.func.jvp(outputs, tuple(torch.zeros_like(tangents[i]) for i in perturbed),
+                                     tuple(tangents[i] for i in perturbed))[1]
+        d_slices = derivatives[0] if any(part.local) else None
+        d_readout = derivatives[-1] if not all(part.local) else None
+        grads = []
+        for i, (y, exact) in enumerate(zip(ys, self.exact)):
+            if exact is not True:
+                scale = part.local_scale(i, d_slices) if d_slices is not None else None
+                if d_readout is not None:
+                    end_to_end = d_readout.view(*d_readout.shape, *[1] * (y.dim() - 2))
+                    scale = end_to_end if scale is None else torch.where(
+                        rows(part.local_rows, y), scale, end_to_end)
+                g = scale * y
+            if exact is not None:
+                error = error_vector(pre[i], targets)
+                g = error if exact is True else torch.where(rows(exact, y), error, g)
+            grads.append(g / batch)
+        return grads
+
+    def step(self, x: Tensor, targets: Tensor) -> Tensor:
+        """Write every replicate's gradient into ``.grad``; return each replicate's batch loss."""
+        model, a, losses = self.model, self.active, []
+        for part, lo, hi in ((self.guessing, 0, a), (None, a, model.replicates)):
+            if lo == hi:
+                continue
+            trace = Trace()
+            if part is not None:  # the guessing replicates: a forward pass, guesses, a JVP
+                with torch.no_grad():
+                    loss = part.per_example_loss(x[lo:hi], targets[lo:hi], trace).mean(-1)
+                grads = self.guessed(x[lo:hi], targets[lo:hi], trace.preactivations)
+            else:  # backprop's: the exact dL/ds_i of a forward pass, by one backward pass
+                with torch.enable_grad():
+                    part = model.part(lo, hi, detach=False)
+                    loss = part.per_example_loss(x[lo:hi], targets[lo:hi], trace).mean(-1)
+                    grads = torch.autograd.grad(loss.sum(), trace.preactivations, materialize_grads=True)
+            for i, (layer, x_in, g) in enumerate(zip(model.layers, trace.inputs, grads)):
+                _write_grad(layer, model._kind(i), x_in.detach(), g, lo, hi)
+            losses.append(loss.detach())
+        return torch.cat(losses) if len(losses) > 1 else losses[0]
+
+
+def _runs(runs) -> list[MixerRun]:
+    """``runs`` as `MixerRun`s (also from dicts or (method, local, augment, seed) tuples), checked."""
+    if isinstance(runs, (str, MixerRun, dict)) or not hasattr(runs, "__iter__"):
+        raise TypeError(f"runs must be a list of MixerRun records, got {type(runs).__name__}")
+    out = []
+    for run in runs:
+        if isinstance(run, dict):
+            run = MixerRun(**run)
+        elif isinstance(run, (tuple, list)):
+            run = MixerRun(*run)
+        if not isinstance(run, MixerRun):
+            raise TypeError(f"a run is a MixerRun, a dict or a (method, local, augment, seed) "
+                            f"tuple, got {run!r}")
+        if run.method not in STACKABLE:
+            get_method(run.method)  # an unknown method: its own error
+            raise ValueError(f"the LocalMixer stack runs {', '.join(STACKABLE)}, not {run.method!r}")
+        if not isinstance(run.local, bool) or not isinstance(run.augment, bool):
+            raise TypeError(f"local and augment must be True or False, got {run!r}")
+        if not isinstance(run.seed, int) or isinstance(run.seed, bool):
+            raise TypeError(f"seed must be an integer, got {run!r}")
+        out.append(run)
+    if not out:
+        raise ValueError("train_mixer_stack needs at least one run")
+    return out
+
+
+@torch.no_grad()
+def _correct(model, x: Tensor, y: Tensor, chunk: int = 1024) -> Tensor:
+    """Correct predictions of the readout per replicate, on the device."""
+    return sum((model(x[i:i + chunk]).argmax(-1) == y[i:i + chunk]).sum(-1)
+               for i in range(0, len(y), chunk))
+
+
+def train_mixer_stack(data, runs, *, epochs: int, batch_size: int = 128, lr: float = 1e-2,
+                      optimizer: str = "adamw", **architecture) -> list[dict]:
+    """Train the LocalMixer ``runs`` (`MixerRun`s: method, local, augment, seed) side by side.
+
+    Returns, in the order of ``runs``, the history ``train_mixer(data, method=..., local=...,
+    augment=..., seed=..., epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+    **architecture)`` would return for each run alone: per-epoch ``train_acc``, ``test_acc``,
+    ``train_loss``, and ``diverged``, ``diverged_at_step``, ``steps``, ``estimator``, with
+    ``seconds`` the stack's wall time. The runs share ``architecture`` (`LocalMixer`'s
+    keywords), the optimizer and its learning rate. Methods: backprop and the activation-space
+    guesses (`STACKABLE`), each in the global mode of the reference estimator.
+    """
+    runs = _runs(runs)
+    if "local" in architecture:
+        raise TypeError("local is set per run (MixerRun.local), not in the architecture")
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
+        raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+    n, device = len(data.train_y), data.train_x.device
+    if not isinstance(batch_size, int) or not 1 <= batch_size <= n:
+        raise ValueError(f"batch_size must be an integer in 1..{n} (the training set), "
+                         f"got {batch_size!r}")
+    # stack order: the guessing replicates grouped by method, then backprop's
+    order = sorted(range(len(runs)), key=lambda r: (get_method(runs[r].method).space == "exact",
+                                                    runs[r].method))
+    stack = [runs[r] for r in order]
+    mixers = []
+    for run in stack:
+        torch.manual_seed(run.seed)  # as train_mixer initialises a run
+        mixers.append(LocalMixer(data.train_x.shape[1], data.num_classes, local=run.local, **architecture))
+    if data.train_x.shape[-1] != mixers[0].image_size or data.train_x.shape[-2] != mixers[0].image_size:
+        raise ValueError(f"the LocalMixer was built for {mixers[0].image_size}x{mixers[0].image_size} "
+                         f"images, got {tuple(data.train_x.shape[-2:])}; pad them "
+                         f"(gradguess.core.data.pad_images)")
+    estimators = [resolve_estimator("auto", m, run.method, "global", {}) for m, run in zip(mixers, stack)]
+    model = StackedLocalMixer(mixers).to(device)
+    del mixers
+    for p in model.parameters():  # every step writes every replicate's slice
+        p.grad = torch.zeros_like(p)
+    opt = StackedOptimizer(model.parameters(), optimizer, lr)
+    order_rngs = [torch.Generator().manual_seed(run.seed) for run in stack]
+    generators = [torch.Generator(device=device).manual_seed(run.seed + 1) for run in stack]
+    augmented = [r for r, run in enumerate(stack) if run.augment]
+    augment_rngs = [torch.Generator(device=device).manual_seed(stack[r].seed + 2) for r in augmented]
+    augmented_rows = torch.tensor(augmented, dtype=torch.long, device=device)
+    flip = data.name in FLIPPABLE
+    plan = _Plan(model, stack, generators)
+    R, steps_per_epoch = len(stack), n // batch_size
+
+    diverged = torch.zeros(R, dtype=torch.bool, device=device)
+    diverged_at = torch.zeros(R, dtype=torch.long, device=device)
+    histories = [{"train_acc": [], "test_acc": [], "train_loss": [], "diverged": False,
+                  "diverged_at_step": None, "steps": 0, "estimator": e} for e in estimators]
+    params = list(model.parameters())
+    start, step = time.perf_counter(), 0
+    for _ in range(epochs):
+        batches = torch.stack([torch.randperm(n, generator=g) for g in order_rngs]).to(device)
+        loss_sum = torch.zeros(R, dtype=torch.float64, device=device)
+        for i in range(0, steps_per_epoch * batch_size, batch_size):
+            idx = batches[:, i:i + batch_size]
+            x = data.train_x[idx]  # [R, B, C, H, W]: every replicate its own batch
+            if len(augmented) == R:
+                x = random_crop_flip_each(x, augment_rngs, padding=4, flip=flip)
+            elif augmented:
+                x = x.index_copy(0, augmented_rows, random_crop_flip_each(
+                    x[augmented_rows], augment_rngs, padding=4, flip=flip))
+            loss = plan.step(x, data.train_y[idx])
+            opt.step()
+            step += 1
+            weights = torch.cat([p.detach().flatten(1) for p in params], 1)
+            bad = ~torch.isfinite(loss) | ~torch.isfinite(weights).all(1)
+            diverged_at = torch.where(bad & ~diverged, step, diverged_at)
+            diverged |= bad
+            loss_sum += loss.double()
+        # the epoch's one read back: losses, accuracies, divergence
+        correct_train = _correct(model, data.train_x, data.train_y)
+        correct_test = _correct(model, data.test_x, data.test_y)
+        read = torch.stack([loss_sum / steps_per_epoch, correct_train.double() / n,
+                            correct_test.double() / len(data.test_y), diverged.double(),
+                            diverged_at.double()]).cpu().tolist()
+        record_epoch(histories, read, step)
+        if all(h["diverged"] for h in histories):
+            break
+    seconds = time.perf_counter() - start
+    result = [None] * R
+    for position, r in enumerate(order):
+        result[r] = {**histories[position], "seconds": seconds}
+    return result

@@ -15,7 +15,7 @@ import torch
 from gradguess.core.data import load_dataset
 from gradguess.core.models import MLP, count_parameters
 from gradguess.book.scales import resolve_device
-from gradguess.engine.training import guess_quality_along_backprop
+from gradguess.analysis.along_backprop import guess_quality_along_backprop
 
 METHODS = ["directional", "activation_perturbation", "activation_mixing", "w_transpose",
            "downstream", "self_sharpening"]

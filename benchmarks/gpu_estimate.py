@@ -27,7 +27,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils.flop_counter import FlopCounterMode
 
-from gradguess.engine import grid, mixer_grid, training
+from gradguess.analysis import along_backprop
+from gradguess.engine import grid, pretraining, prompt_stack, stack as engine, training
 from gradguess.core.data import Dataset
 from gradguess.core.estimators import guessed_gradient
 from gradguess.engine.grid import Run, train_grid
@@ -61,9 +62,7 @@ def _unmeasured(fn):
 def count(fn, flops: bool = True) -> tuple[int, float]:
     """(aten ops, FLOPs) of ``fn()``, accuracies and probes not counted. ``flops=False`` for
     code that the FLOP counter's autograd hooks break (``autograd.grad`` of a leaf): 0 FLOPs."""
-    patches = [mock.patch.object(training, "accuracy", _unmeasured(training.accuracy)),
-               mock.patch.object(grid, "_correct", _unmeasured(grid._correct)),
-               mock.patch.object(mixer_grid, "_correct", _unmeasured(mixer_grid._correct)),
+    patches = [mock.patch.object(engine, "correct", _unmeasured(engine.correct)),  # every count
                mock.patch.object(grid._Probes, "observe", _unmeasured(grid._Probes.observe)),
                # torch's optimizers step every tensor in one foreach call on a GPU, as here
                mock.patch("torch.optim.optimizer._get_foreach_kernels_supported_devices",
@@ -116,10 +115,11 @@ def mlp_grid_step(runs, depth, width, counted=16, datasets=1):
 
 
 def single_step(method, depth, width, counted=16):
-    """One step of `training.train_mlp` (one run: a host sync per step), at batch 128."""
-    return at_batch(per_step(lambda s: training.train_mlp(synthetic(s * counted), depth=depth,
-                                                          width=width, method=method, epochs=1,
-                                                          batch_size=counted), 1, 2), counted)
+    """One step of `training.reference_mlp` (the reference loop, one run: a host sync per
+    step), at batch 128."""
+    return at_batch(per_step(lambda s: training.reference_mlp(
+        synthetic(s * counted), depth=depth, width=width, method=method, epochs=1,
+        batch_size=counted), 1, 2), counted)
 
 
 def estimate(scale: str, us_per_op: float, tflops: float) -> list[tuple[str, str, float, str]]:
@@ -140,7 +140,7 @@ def estimate(scale: str, us_per_op: float, tflops: float) -> list[tuple[str, str
         def trajectory(steps, mode=mode):
             torch.manual_seed(0)
             model = MLP(784, A.width, A.depth, 10)
-            training.guess_quality_along_backprop(
+            along_backprop.guess_quality_along_backprop(
                 model, synthetic(4 * A.batch_size), guessed, steps=steps, mode=mode,
                 batch_size=A.batch_size, progress=False,
                 step_sizes=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1) if mode == "global" else None)
@@ -235,7 +235,7 @@ def estimate(scale: str, us_per_op: float, tflops: float) -> list[tuple[str, str
                                         batch_size=M.batch_size, **arch), 1, 2), rate)
     else:
         for method, local in mixer_runs:
-            cost = per_step(lambda s: training.train_mixer(
+            cost = per_step(lambda s: training.reference_mixer(
                 images(s), method=method, local=local, epochs=1, lr=M.lr,
                 batch_size=M.batch_size, **arch), 1, 2)
             add("localmixer", f"{method} ({'local' if local else 'end to end'}), 2 runs",
@@ -245,14 +245,14 @@ def estimate(scale: str, us_per_op: float, tflops: float) -> list[tuple[str, str
     vit = dict(image_size=28, patch=7, layers=4, heads=4, hidden=64, mlp=128)
     rgb = synthetic(4 * 128, (3, 28, 28))
     add("prompt_tuning", "backbone pre-training", P.pretrain_epochs * steps_per_epoch,
-        per_step(lambda s: training.pretrain_vit(synthetic(s * 128, (3, 28, 28)), epochs=1, **vit),
+        per_step(lambda s: pretraining.pretrain_vit(synthetic(s * 128, (3, 28, 28)), epochs=1, **vit),
                  1, 2))
     torch.manual_seed(0)
     backbone = small_vit(**vit)
     grid_runs = [(m, k) for m in ("backprop", "head_only", "directional",
                                   "activation_perturbation", "w_transpose")
                  for k in range(P.seeds)]
-    stack = per_step(lambda s: training.tune_prompt_stack(
+    stack = per_step(lambda s: prompt_stack.tune_prompt_stack(
         backbone, rgb, grid_runs, prompts=P.prompts, steps=s, eval_every=10 ** 6,
         batch_size=P.batch_size, lr=P.lr, cosine_repeats=P.cosine_repeats), 1, 2)
     for task in ("second task", "inverted task"):

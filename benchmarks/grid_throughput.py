@@ -5,8 +5,8 @@ measured in one run.
 
 The grid is Table 1's for one architecture: every stackable method x ``--seeds`` seeds, AdamW,
 one epoch of ``--steps`` batches of 128 on MNIST-shaped random data. The same runs go once
-through `gradguess.engine.grid.train_stack` (one stack) and once through `gradguess.engine.training.train_mlp`
-(one run after another); the script prints run-steps per second of each and their ratio. A
+through `gradguess.engine.grid.train_stack` (one stack) and once through `gradguess.engine.training.reference_mlp`
+(the reference loop, one run after another); the script prints run-steps per second of each and their ratio. A
 benchmark, not a test: it asserts nothing.
 """
 import argparse
@@ -17,7 +17,7 @@ import torch
 from gradguess.core.data import Dataset
 from gradguess.engine.grid import Run, train_stack
 from gradguess.book.scales import resolve_device
-from gradguess.engine.training import train_mlp
+from gradguess.engine.training import reference_mlp
 
 TABLE_1 = ["directional", "activation_perturbation", "activation_mixing", "w_transpose",
            "downstream", "self_sharpening", "backprop"]
@@ -56,8 +56,8 @@ def main():
 
     start = time.perf_counter()
     for run in runs:
-        train_mlp(data, **arch, method=run.method, seed=run.seed, lr=run.lr, epochs=1,
-                  batch_size=args.batch_size)
+        reference_mlp(data, **arch, method=run.method, seed=run.seed, lr=run.lr, epochs=1,
+                      batch_size=args.batch_size)
     synchronize(device)
     one_by_one = time.perf_counter() - start
 

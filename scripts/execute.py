@@ -8,6 +8,13 @@ into book/runs/<scale>/<name>.ipynb, its claims ledger beside it. The copy the b
 book/executed/<name>.ipynb (committed), is replaced only by a run at the same or a larger
 scale: a quick CPU run never silently replaces a paper-scale GPU run.
 
+At a scale other than small, every run a chapter stores (`gradguess.book.store`) whose result
+is plain JSON is also written as a readable record into book/runs/<scale>/records/ of this
+checkout, one file per call (function, arguments, the code it reached, commit, device, torch,
+wall time, result). The records are committed with the executed notebooks: anyone can read the
+numbers without torch, and a later execution at that scale, here or on another machine, reads
+them instead of computing the runs again. Small-scale runs stay in the local run cache only.
+
 CI re-executes every chapter at small scale and compares its verdicts with a committed
 small-scale execution: the rendered copy where that is small-scale, else
 book/executed/small/<name>.ipynb, kept (committed) for as long as a larger run is rendered.
@@ -59,6 +66,11 @@ def executed_scale(notebook: Path) -> str | None:
     return meta.get("parameters", {}).get("scale")
 
 
+def records_folder(scale: str) -> Path:
+    """Where the runs of an execution at ``scale`` (not small) are committed as records."""
+    return RUNS / scale / "records"
+
+
 def execute(chapter: str, scale: str, device: str, dataset: str | None, seed: int) -> Path:
     if os.environ.get("GRADGUESS_SCALE", scale) != scale:
         sys.exit(f"GRADGUESS_SCALE={os.environ['GRADGUESS_SCALE']} would override --scale {scale}; unset it")
@@ -70,6 +82,10 @@ def execute(chapter: str, scale: str, device: str, dataset: str | None, seed: in
     if dataset:
         parameters["dataset"] = dataset
     os.environ["GRADGUESS_LEDGER"] = str(ledger)
+    if scale == "small":  # small-scale runs are not committed
+        os.environ.pop("GRADGUESS_RECORDS", None)
+    else:
+        os.environ["GRADGUESS_RECORDS"] = str(records_folder(scale))
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / f"{chapter}.ipynb"
         nbformat.write(jupytext.read(SOURCES / f"{chapter}.md"), source)

@@ -1,5 +1,5 @@
 """Cached runs are keyed by the call itself: every argument, the function's code, the globals it
-reads and the package's code; a change to any of them computes anew."""
+reads and the package code it reaches; a change to any of them computes anew."""
 import importlib
 import sys
 import textwrap
@@ -7,8 +7,9 @@ import textwrap
 import pytest
 import torch
 
-from gradguess.book import cache
-from gradguess.book.cache import CACHE_STATS, cached, cached_call, call_key
+from gradguess.book import store as cache
+from gradguess.book.store import CACHE_STATS, cached, cached_call, call_key
+from gradguess.core.metrics import cosine_similarity
 
 from conftest import blobs
 
@@ -67,12 +68,37 @@ def test_the_data_is_keyed_by_content():
     assert len(CALLS) == 4
 
 
-def test_the_package_code_is_in_the_key(monkeypatch):
-    data = blobs()
-    cached(run, data, depth=3)
-    monkeypatch.setattr(cache, "code_fingerprint", lambda: "other package code")
-    cached(run, data, depth=3)
-    assert len(CALLS) == 2
+def uses_the_package(a, b):
+    return {"cosine": cosine_similarity(a, b)}
+
+
+def edit(monkeypatch, module: str):
+    """Pretend that ``module``'s source on disk changed (a comment appended)."""
+    read = cache.module_source
+    monkeypatch.setattr(cache, "module_source",
+                        lambda name: read(name) + (b"\n# edited\n" if name == module else b""))
+    cache.forget_code()
+
+
+@pytest.fixture
+def forget():
+    cache.forget_code()
+    yield
+    cache.forget_code()
+
+
+@pytest.mark.parametrize("fn", [cosine_similarity, uses_the_package],
+                         ids=["package function", "chapter function reading one"])
+def test_the_package_code_it_reaches_is_in_the_key(fn, monkeypatch, forget):
+    a, b = torch.ones(3), torch.arange(3.0)
+    first = cached(fn, a, b)
+    assert "gradguess.core.metrics" in call_key(fn, (a, b), {})["code"]["modules"]
+    edit(monkeypatch, "gradguess.book.plotting")  # outside the call's reach: the run is kept
+    read = CACHE_STATS["from cache"]
+    assert cached(fn, a, b) == first and len(CALLS) == 1
+    assert CACHE_STATS["from cache"] == read + 1
+    edit(monkeypatch, "gradguess.core.metrics")  # inside it: computed anew
+    assert cached(fn, a, b) == first and len(CALLS) == 2
 
 
 def write_module(folder, body):

@@ -78,23 +78,35 @@ def test_bad_parameters_fail_clearly():
         start("bias", device="tpu", load=False)
 
 
-def test_source_fingerprint_changes_with_the_package_the_rules_or_the_chapter(tmp_path, monkeypatch):
-    from gradguess.book import provenance
-    package, chapters = tmp_path / "gradguess", tmp_path / "chapters"
-    package.mkdir(), chapters.mkdir()
+def test_source_fingerprint_changes_with_the_code_the_chapter_reaches_the_rules_or_the_chapter(
+        tmp_path, monkeypatch):
+    from gradguess.book import provenance, store
+    chapters = tmp_path / "chapters"
+    chapters.mkdir()
     (tmp_path / "rules.toml").write_text("# rules\n")
-    (package / "a.py").write_text("x = 1\n")
-    (chapters / "intro.md").write_text("# Intro\n")
-    monkeypatch.setattr(provenance, "PACKAGE", package)
+    (chapters / "intro.md").write_text(
+        "# Intro\n\n```{code-cell} ipython3\n:tags: [hide-input]\n\n%matplotlib inline\n"
+        "!ls\nfrom gradguess.book import plotting\nimport numpy as np\n```\n")
     monkeypatch.setattr(provenance, "CHAPTER_SOURCES", chapters)
-    first = provenance.source_fingerprint("intro")
-    assert first == provenance.source_fingerprint("intro")
-    (package / "a.py").write_text("x = 2\n")
-    second = provenance.source_fingerprint("intro")
-    (chapters / "intro.md").write_text("# Intro, revised\n")
-    third = provenance.source_fingerprint("intro")
-    (package / "b.py").write_text("")
-    fourth = provenance.source_fingerprint("intro")
+    read, edits = store.module_source, {}
+    monkeypatch.setattr(store, "module_source", lambda name: read(name) + edits.get(name, b""))
+
+    def fingerprint():
+        store.forget_code()
+        return provenance.source_fingerprint("intro")
+
+    reached = provenance.chapter_reach("intro")
+    assert "gradguess.book.plotting" in reached
+    outside = sorted(set(store.package_modules()) - set(reached))[0]
+    first = fingerprint()
+    assert first == fingerprint()
+    edits[outside] = b"\n# edited\n"  # outside the chapter's reach: the page stays fresh
+    assert fingerprint() == first
+    edits["gradguess.book.plotting"] = b"\n# edited\n"
+    second = fingerprint()
+    (chapters / "intro.md").write_text((chapters / "intro.md").read_text() + "More text.\n")
+    third = fingerprint()
     (tmp_path / "rules.toml").write_text("# rules, revised\n")
-    assert len({first, second, third, fourth, provenance.source_fingerprint("intro")}) == 5
+    assert len({first, second, third, fingerprint()}) == 4
     assert provenance.source_fingerprint("missing").startswith("unknown")
+    store.forget_code()

@@ -1,5 +1,6 @@
 """scripts/execute.py never lets a smaller-scale run replace a larger-scale rendering."""
 import importlib.util
+import os
 from pathlib import Path
 
 import nbformat
@@ -98,3 +99,21 @@ def test_the_injected_values_replace_the_defaults_in_one_parameters_cell(execute
     execute.merge_parameters(path)
     cells = nbformat.read(path, as_version=4).cells
     assert [c.source for c in cells] == ['scale = "gpu"    # the scale\ndevice = "auto"\nseed = 3', "x = 1"]
+
+
+def test_a_larger_scale_execution_commits_its_runs_records_in_the_checkout(execute, monkeypatch):
+    """The chapters' store writes records into book/runs/<scale>/records/ (not at small scale)."""
+    seen = {}
+
+    def fake_papermill(source, out, parameters, **options):
+        seen[parameters["scale"]] = os.environ.get("GRADGUESS_RECORDS")
+        fake_run(Path(out).parent, Path(out).stem, parameters["scale"], "run")
+
+    monkeypatch.setattr(execute.papermill, "execute_notebook", fake_papermill)
+    monkeypatch.setattr(execute, "SOURCES", Path(__file__).resolve().parents[1] / "book" / "chapters")
+    monkeypatch.setattr(execute, "ROOT", execute.RUNS.parent)
+    monkeypatch.setenv("GRADGUESS_RECORDS", "/elsewhere")
+    monkeypatch.setenv("GRADGUESS_LEDGER", "unused")  # restored after the test
+    execute.execute("intro", "gpu", "cpu", None, 0)
+    execute.execute("intro", "small", "cpu", None, 0)
+    assert seen == {"gpu": str(execute.RUNS / "gpu" / "records"), "small": None}

@@ -5,7 +5,7 @@ import torch
 from gradguess.core.estimators import estimate_gradient
 from gradguess.core.fused import FUSED_METHODS, FUSED_MODES, fused_gradient
 from gradguess.core.models import MLP, stack_mlps
-from gradguess.engine.training import train
+from gradguess.engine.reference import train
 
 from conftest import blobs
 

@@ -8,7 +8,7 @@ import torch
 
 from gradguess.engine.grid import Run, _order, stackable_datasets, train_grid, train_stack
 from gradguess.core.optimizers import OPTIMIZERS
-from gradguess.engine.training import train_mlp
+from gradguess.engine.training import reference_mlp, train_mlp
 
 from conftest import HostReads, blobs
 
@@ -38,9 +38,9 @@ def two_datasets():
 
 
 def one_at_a_time(data, run, epochs, batch_size):
-    return train_mlp(data, **ARCH, method=run.method, seed=run.seed, optimizer=run.optimizer,
-                     lr=run.lr, weight_decay=run.weight_decay, epochs=epochs,
-                     batch_size=batch_size, method_options=run.options)
+    return reference_mlp(data, **ARCH, method=run.method, seed=run.seed,
+                         optimizer=run.optimizer, lr=run.lr, weight_decay=run.weight_decay,
+                         epochs=epochs, batch_size=batch_size, method_options=run.options)
 
 
 def assert_same_history(stacked, single):
@@ -95,7 +95,7 @@ def test_the_stack_order_keeps_groups_and_optimizers_in_blocks():
 
     methods = blocks([run.method for run in stack])
     assert sorted(methods) == sorted(STACKED_METHODS)
-    assert methods[-2:] == ["backprop", "directional"]  # activation space, exact, weights
+    assert methods[-2:] == ["directional", "backprop"]  # activation space, weights, exact
     assert blocks([run.optimizer for run in stack]) == ["stable_adamw", "adamw"]
 
 
@@ -116,7 +116,7 @@ def test_probes_score_each_replicate_as_its_own_run(float64):
     stacked = train_grid(float64, runs, **ARCH, epochs=2, batch_size=20, probe_examples=30,
                          probe_repeats=2, progress=False)
     for run, history in zip(runs, stacked):
-        single = train_mlp(float64, **ARCH, method=run.method, seed=run.seed, lr=run.lr, epochs=2,
+        single = reference_mlp(float64, **ARCH, method=run.method, seed=run.seed, lr=run.lr, epochs=2,
                            batch_size=20, probe_examples=30, probe_method=run.probe_method,
                            probe_repeats=2)
         assert_same_history(history, single)
@@ -137,7 +137,7 @@ def test_a_grid_over_two_datasets_equals_its_runs_one_at_a_time_on_their_own(flo
                          probe_repeats=2, progress=False)
     for run, history in zip(runs, stacked):
         assert history["replicates"] == len(runs)
-        single = train_mlp(data[run.dataset], **ARCH, method=run.method, seed=run.seed,
+        single = reference_mlp(data[run.dataset], **ARCH, method=run.method, seed=run.seed,
                            optimizer=run.optimizer, lr=run.lr, epochs=2, batch_size=20,
                            probe_examples=30, probe_method=run.probe_method, probe_repeats=2)
         assert_same_history(history, single)
@@ -170,8 +170,8 @@ def test_no_host_read_within_an_epoch():
     with HostReads() as reads:
         train_stack(two_datasets(), runs, **ARCH, epochs=2, batch_size=20, progress=False)
     assert reads.count <= 2 + 3
-    with HostReads() as single:  # the counter sees the one-at-a-time loop's reads
-        train_mlp(data, **ARCH, method="w_transpose", epochs=2, batch_size=20)
+    with HostReads() as single:  # the counter sees the reference loop's reads
+        reference_mlp(data, **ARCH, method="w_transpose", epochs=2, batch_size=20)
     assert single.count >= 20
 
 
@@ -257,3 +257,13 @@ def test_a_diverged_rate_is_never_chosen():
     assert result[0][0] == 1e-3
     assert rate_then_seeds(lambda d, runs, **a: [{"train_acc": [], "diverged": True} for _ in runs], None,
                            [Run("directional")], (1e-2,), seeds=2)[0][0] is None
+
+
+def test_a_single_run_is_a_stack_of_one_where_the_stack_runs_it(float64):
+    run = Run("downstream", 1, 1e-2, "sgd_momentum", options={"k": 2})
+    single = train_mlp(float64, **ARCH, method=run.method, seed=1, lr=1e-2, optimizer=run.optimizer,
+                       epochs=2, batch_size=20, method_options=run.options)
+    assert single["estimator"] == "stacked"
+    assert_same_history(single, one_at_a_time(float64, run, 2, 20))
+    debiased = train_mlp(float64, **ARCH, method="w_transpose_debiased", epochs=1, batch_size=20)
+    assert debiased["estimator"] == "reference"  # only the reference loop runs it

@@ -1,7 +1,7 @@
 """Numbers read off training histories: diverged runs are never numbers."""
 import math
 
-from gradguess.engine.histories import best_run, collapses, final, half_way, last_mean, seed_summary
+from gradguess.analysis.histories import best_run, collapses, final, half_way, last_mean, seed_summary
 
 RUN = {"train_acc": [0.2, 0.5, 0.3, 0.6, 0.7, 0.8], "diverged": False}
 DIVERGED = {"train_acc": [0.9], "diverged": True}

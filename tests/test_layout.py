@@ -1,8 +1,11 @@
-"""The package's layout as the README states it: every module listed, and each module's
-top-level imports only from modules listed above it (no cycles)."""
+"""The package's layout as the README states it: every module listed under its layer, and
+every import of a package module, lazy ones (inside a function) included, from a layer before
+its own or from a module listed above it in its own layer (no cycles, no upward imports)."""
 import ast
 import re
 from pathlib import Path
+
+import pytest
 
 import gradguess
 
@@ -10,29 +13,78 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = Path(gradguess.__file__).parent
 
 
-def readme_order() -> list[str]:
+def readme_layout() -> list[tuple[str, str]]:
+    """(layer, module) in the README's order."""
     text = (ROOT / "README.md").read_text()
     block = text[text.index("src/gradguess/\n"):]
     block = block[:block.index("```")]
-    return re.findall(r"^  (\w+)\.py ", block, re.M)
+    layout, layer = [], None
+    for line in block.splitlines():
+        if m := re.match(r"^  (\w+)/ ", line):
+            layer = m.group(1)
+        elif m := re.match(r"^    (\w+)\.py ", line):
+            layout.append((layer, m.group(1)))
+    return layout
 
 
-def package_imports(module: str) -> set[str]:
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
-    found = set()
-    for node in tree.body:  # top level only: an import inside a function is deferred
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            found |= {node.module} if node.module else {alias.name for alias in node.names}
-    return found
+def package_modules() -> set[str]:
+    return {p.relative_to(PACKAGE).with_suffix("").as_posix().replace("/", ".")
+            for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
 
 
-def test_the_readme_lists_every_module():
-    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
-    assert sorted(readme_order()) == sorted(modules)
+def imported_modules(source: str, own: str) -> set[str]:
+    """The package modules (``layer.module``) that ``source`` (module ``own``) imports,
+    anywhere in it."""
+    modules, found = package_modules(), set()
+    own_package = own.split(".")[:-1]
+
+    def add(dotted: str, names=()):
+        for candidate in [f"{dotted}.{n}" for n in names] + [dotted]:
+            if candidate in modules:
+                found.add(candidate)
+                return
+
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = own_package[:len(own_package) - (node.level - 1)]
+                dotted = ".".join(base + ([node.module] if node.module else []))
+            elif (node.module or "").startswith("gradguess."):
+                dotted = node.module.removeprefix("gradguess.")
+            else:
+                continue
+            for alias in node.names:
+                add(dotted, [alias.name])
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("gradguess."):
+                    add(alias.name.removeprefix("gradguess."))
+    return found - {own}
 
 
-def test_modules_import_only_from_modules_above_them():
-    order = readme_order()
-    for k, module in enumerate(order):
-        below = package_imports(module) - set(order[:k])
-        assert not below, f"{module} imports {below}, listed below it in the README"
+def test_the_readme_lists_every_module_under_its_layer():
+    listed = [f"{layer}.{module}" for layer, module in readme_layout()]
+    assert sorted(listed) == sorted(package_modules())
+
+
+def test_the_layers_are_the_subpackages_in_order():
+    layers = list(dict.fromkeys(layer for layer, _ in readme_layout()))
+    assert layers == ["core", "engine", "analysis", "book"]
+    assert {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()} == set(layers)
+
+
+@pytest.mark.parametrize("position", range(len(readme_layout())),
+                         ids=[f"{l}.{m}" for l, m in readme_layout()])
+def test_a_module_imports_only_from_before_it(position):
+    order = [f"{layer}.{module}" for layer, module in readme_layout()]
+    own = order[position]
+    source = (PACKAGE / (own.replace(".", "/") + ".py")).read_text()
+    later = imported_modules(source, own) - set(order[:position])
+    assert not later, f"{own} imports {sorted(later)}, listed after it in the README"
+
+
+def test_the_scan_sees_lazy_and_relative_imports():
+    source = ("from ..core import guesses\nfrom .grid import Run\n"
+              "def f():\n    from ..book.plotting import color\n    import gradguess.core.data\n")
+    assert imported_modules(source, "engine.training") == {
+        "core.guesses", "engine.grid", "book.plotting", "core.data"}

@@ -7,7 +7,7 @@ import torch
 from gradguess.core.data import Dataset, random_crop_flip, random_crop_flip_each
 from gradguess.core.mixer import LocalMixer
 from gradguess.engine.mixer_grid import MixerRun, StackedLocalMixer, train_mixer_stack
-from gradguess.engine.training import train_mixer
+from gradguess.engine.training import reference_mixer, train_mixer
 from conftest import HostReads
 
 ARCH = dict(image_size=8, patch=4, channels=8, blocks=2, groups=2)
@@ -30,8 +30,8 @@ def float64():
 
 
 def alone(data, run, **settings):
-    return train_mixer(data, method=run.method, local=run.local, augment=run.augment,
-                       seed=run.seed, **settings)
+    return reference_mixer(data, method=run.method, local=run.local, augment=run.augment,
+                           seed=run.seed, **settings)
 
 
 def assert_same_history(stacked, single):
@@ -150,3 +150,10 @@ def test_bad_input_is_refused(float64):
         train_mixer_stack(float64, [MixerRun("backprop", True)], **{**ok, "image_size": 16})
     with pytest.raises(ValueError, match="divisible"):
         train_mixer_stack(float64, [MixerRun("backprop", True)], **{**ok, "groups": 3})
+
+
+def test_a_single_run_is_a_stack_of_one(float64):
+    run, settings = MixerRun("w_transpose", True, True, 3), dict(epochs=1, batch_size=12, **ARCH)
+    single = train_mixer(float64, method=run.method, local=run.local, augment=run.augment,
+                         seed=run.seed, **settings)
+    assert_same_history(single, alone(float64, run, **settings))

@@ -1,9 +1,9 @@
-"""A prompt-tuning method's final accuracy over seeds (`gradguess.core.prompts.final_accuracy`)."""
+"""A prompt-tuning method's final accuracy over seeds (`gradguess.analysis.prompts.final_accuracy`)."""
 import math
 
 import pytest
 
-from gradguess.core.prompts import final_accuracy
+from gradguess.analysis.prompts import final_accuracy
 
 
 def run(*accuracies, diverged=False):

@@ -10,7 +10,8 @@ from gradguess.core.data import Dataset
 from gradguess.core.optimizers import OPTIMIZERS
 from gradguess.core.prompts import (PromptedViT, estimate_stacked_prompt_gradients,
                               prompt_stack_order, small_vit)
-from gradguess.engine.training import tune_prompt_stack, tune_prompts
+from gradguess.engine.prompt_stack import tune_prompt_stack
+from gradguess.engine.training import reference_prompts, tune_prompts
 from conftest import HostReads
 
 METHODS = ["backprop", "head_only", "directional", "activation_perturbation", "w_transpose"]
@@ -54,7 +55,7 @@ def test_a_stack_of_every_method_and_two_seeds_equals_its_single_runs(float64):
     stacked = tune_prompt_stack(backbone, data, runs, **options)
     assert len(stacked) == len(runs)
     for (method, seed), history in zip(runs, stacked):
-        assert_same(history, tune_prompts(backbone, data, method, seed=seed, **options))
+        assert_same(history, reference_prompts(backbone, data, method, seed=seed, **options))
         assert history["step"] == [0, 2, 4] and len(history["train_loss"]) == 5
     assert stacked[0]["train_loss"] != stacked[5]["train_loss"]  # seeds differ
     assert stacked[2]["cosine"] != stacked[3]["cosine"]  # methods differ
@@ -67,7 +68,7 @@ def test_every_optimizer_moves_each_run_as_its_own(float64, optimizer):
     options = dict(steps=3, eval_every=3, optimizer=optimizer, lr=0.1, **OPTIONS)
     stacked = tune_prompt_stack(backbone, data, runs, **options)
     for (method, seed), history in zip(runs, stacked):
-        assert_same(history, tune_prompts(backbone, data, method, seed=seed, **options))
+        assert_same(history, reference_prompts(backbone, data, method, seed=seed, **options))
 
 
 def test_a_stack_of_one_run(float64):
@@ -75,7 +76,7 @@ def test_a_stack_of_one_run(float64):
     options = dict(steps=2, eval_every=1, **OPTIONS)
     for method in ("directional", "backprop"):
         [stacked] = tune_prompt_stack(backbone, data, [(method, 5)], **options)
-        assert_same(stacked, tune_prompts(backbone, data, method, seed=5, **options))
+        assert_same(stacked, reference_prompts(backbone, data, method, seed=5, **options))
 
 
 def test_a_diverging_run_stops_where_its_single_run_stops(float64):
@@ -86,7 +87,7 @@ def test_a_diverging_run_stops_where_its_single_run_stops(float64):
     options = dict(steps=3, eval_every=2, **OPTIONS)
     stacked = tune_prompt_stack(backbone, data, runs, **options)
     for (method, seed), history in zip(runs, stacked):
-        assert_same(history, tune_prompts(backbone, data, method, seed=seed, **options))
+        assert_same(history, reference_prompts(backbone, data, method, seed=seed, **options))
     diverged = [history["diverged"] for history in stacked]
     assert any(diverged) and not all(diverged)
     assert len({len(h["train_loss"]) for h in stacked}) > 2  # stopped at different steps
@@ -94,13 +95,13 @@ def test_a_diverging_run_stops_where_its_single_run_stops(float64):
     everyone = tune_prompt_stack(backbone, data, runs[:2], steps=12, eval_every=5, **OPTIONS)
     for (method, seed), history in zip(runs[:2], everyone):
         assert history["diverged"]
-        assert_same(history, tune_prompts(backbone, data, method, seed=seed, steps=12,
+        assert_same(history, reference_prompts(backbone, data, method, seed=seed, steps=12,
                                           eval_every=5, **OPTIONS))
 
 
 def test_no_host_read_between_observations():
     """With observations at step 0 and the last step only, the host reads as often in 2 steps
-    as in 8: the steps read nothing (the single run reads every step's loss)."""
+    as in 8: the steps read nothing (the reference loop reads every step's loss)."""
     backbone, data = backbone_and_data()
     runs = [(method, 0) for method in METHODS]
     counts = []
@@ -112,7 +113,8 @@ def test_no_host_read_between_observations():
     single = []
     for steps in (2, 8):
         with HostReads() as reads:
-            tune_prompts(backbone, data, "w_transpose", steps=steps, eval_every=steps, **OPTIONS)
+            reference_prompts(backbone, data, "w_transpose", steps=steps, eval_every=steps,
+                              **OPTIONS)
         single.append(reads.count)
     assert single[1] - single[0] >= 6
 
@@ -147,12 +149,19 @@ def test_bad_input_fails_clearly():
     model = PromptedViT(backbone, 2, 3)
     stacked = [torch.zeros(2, 2, 8), torch.zeros(2, 3, 8), torch.zeros(2, 3)]
     x, y = data.train_x[:4].view(2, 2, 3, 14, 14), data.train_y[:4].view(2, 2)
-    assert prompt_stack_order(["w_transpose", "head_only", "backprop"]) == [2, 1, 0]
+    assert prompt_stack_order(["head_only", "backprop", "w_transpose"]) == [2, 1, 0]
     with pytest.raises(ValueError, match="prompt_stack_order"):
-        estimate_stacked_prompt_gradients(model, *stacked, x, y, ["w_transpose", "backprop"],
+        estimate_stacked_prompt_gradients(model, *stacked, x, y, ["backprop", "w_transpose"],
                                           [None, None])
     with pytest.raises(ValueError, match="one entry per replicate"):
         estimate_stacked_prompt_gradients(model, *stacked, x, y, ["backprop"], [None])
     with pytest.raises(ValueError, match="unknown prompt method"):
         estimate_stacked_prompt_gradients(model, *stacked, x, y, ["backprop", "downstream"],
                                           [None, None])
+
+
+def test_a_single_run_is_a_stack_of_one(float64):
+    backbone, data = backbone_and_data()
+    assert_same(tune_prompts(backbone, data, "directional", seed=2, steps=4, eval_every=2, **OPTIONS),
+                reference_prompts(backbone, data, "directional", seed=2, steps=4, eval_every=2,
+                                  **OPTIONS))

@@ -9,7 +9,7 @@ from PIL import Image
 from gradguess.core.data import DataNotFoundError, Dataset, as_rgb, inverted, load_image_task
 from gradguess.core.methods import METHODS
 from gradguess.core.prompts import PromptedViT, estimate_prompt_gradient, load_vit_b16, small_vit
-from gradguess.engine.training import train_prompts
+from gradguess.engine.reference import train_prompts
 
 
 def tiny(seed=0, prompts=3):

@@ -7,7 +7,8 @@ from gradguess.core.estimators import backprop_gradient, estimate_gradient
 from gradguess.core.methods import METHODS, Method
 from gradguess.core.metrics import cosine_similarity, effective_rank, replicate_cosines
 from gradguess.core.models import MLP, StackedMLP, stack_mlps
-from gradguess.engine.training import accuracy, train_replicates
+from gradguess.engine.stack import accuracy
+from gradguess.engine.training import train_replicates
 
 from conftest import blobs, traced
 

@@ -4,8 +4,10 @@ import torch
 from gradguess.core.models import MLP
 from gradguess.book.scales import SCALES, get_scale, resolve_device
 from gradguess.core.probes import probe
-from gradguess.engine.training import (OPTIMIZERS, guess_quality_along_backprop, make_optimizer,
-                                train, train_mlp)
+from gradguess.analysis.along_backprop import guess_quality_along_backprop
+from gradguess.core.optimizers import OPTIMIZERS, make_optimizer
+from gradguess.engine.reference import train
+from gradguess.engine.training import train_mlp
 
 from conftest import blobs
 

@@ -22,7 +22,7 @@ from ..core import guesses
 from ..core.estimators import per_example_gradients
 from ..core.metrics import mean_projection_cosine, principal_basis, random_basis, span_basis
 from ..core.models import Trace
-from ..engine.training import train
+from ..engine.reference import train
 
 
 class ClassDirections(NamedTuple):

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ..engine.histories import final, seed_summary
+from .histories import final, seed_summary
 from .decisions import all_of, exceeds
 from ..core.methods import get_method
 from .paper import TABLE1

@@ -12,15 +12,16 @@ code it ran, with every setting).
 """
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 import pandas as pd
 import torch
 
 from . import plotting
-from .cache import CACHE_STATS, cached_call
+from .store import CACHE_STATS, Store, records_folder
 from ..core.data import Dataset, load_dataset
 from .ledger import Claim, Ledger
-from .provenance import provenance
+from .provenance import git_commit, provenance
 from .scales import Scale, get_scale, resolve_device, run_in_words
 from .settings import chapter_settings
 
@@ -58,9 +59,16 @@ class Chapter:
         self.datasets[data.name] = data.source
         return data
 
+    @cached_property
+    def store(self) -> Store:
+        """The run store: the local folder ``cache``, and at a scale other than small the
+        committed records in book/runs/<scale>/records/ (`gradguess.book.store`)."""
+        return Store(self.cache, records=records_folder(self.scale.name), commit=git_commit())
+
     def cached(self, fn, /, *args, **kwargs):
-        """``fn(*args, **kwargs)``, computed once: keyed by the call (`gradguess.book.cache`)."""
-        return cached_call(self.cache, fn, *args, **kwargs)
+        """``fn(*args, **kwargs)``, computed once: keyed by the call and the code it reaches
+        (`gradguess.book.store`)."""
+        return self.store.call(fn, *args, **kwargs)
 
     def glue(self, **values) -> None:
         """Name values for the text (``{glue:text}`name```), without showing them here."""

@@ -1,7 +1,8 @@
 """Where and how a chapter was executed: scale, device, data, seed, versions, commit, the
-fingerprint of the code it ran, time."""
+fingerprint of the code it ran (its source, the rules and the package modules it reaches), time."""
 import hashlib
 import platform
+import re
 import subprocess
 import time
 from datetime import datetime, timezone
@@ -9,6 +10,8 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
+
+from .store import imported_by, reach_fingerprint, reach_of
 
 PACKAGE = Path(__file__).resolve().parents[1]
 CHAPTER_SOURCES = PACKAGE.parents[1] / "book" / "chapters"  # in a checkout of the book
@@ -24,30 +27,71 @@ def _version(package: str) -> str:
 
 def git_commit(path=None) -> str:
     """The checkout's commit, with "+changes" when tracked files differ from it (other than
-    the executed chapters themselves, which an execution rewrites)."""
+    the executed chapters and the runs' records, which an execution writes)."""
     cwd = Path(path or Path(__file__).parent)
     try:
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd,
                                 capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
-                                ":(top)", ":(top,exclude)book/executed"],
+                                ":(top)", ":(top,exclude)book/executed",
+                                ":(top,exclude)book/runs"],
                                cwd=cwd, capture_output=True, text=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return commit + ("+changes" if dirty else "")
 
 
+def chapter_code(text: str) -> list[str]:
+    """The code cells (```{code-cell}) of a MyST chapter: their options (``:tags: ...`` lines
+    or a ``---`` block) and lines of IPython syntax (``%magic``, ``!shell``) blanked."""
+    cells = re.findall(r"^```\{code-cell\}[^\n]*\n(.*?)^```\s*$", text, flags=re.M | re.S)
+    code = []
+    for cell in cells:
+        lines = cell.splitlines()
+        if lines and lines[0].strip() == "---":  # a YAML block of options
+            end = next((i for i, line in enumerate(lines[1:], 1) if line.strip() == "---"), 0)
+            lines[:end + 1] = [""] * (end + 1)
+        code.append("\n".join("" if line.lstrip().startswith(("%", "!")) or line.startswith(":")
+                               else line for line in lines))
+    return code
+
+
+def _parsed_imports(code: str) -> set[str]:
+    """The package modules ``code``'s import statements name; a line Python cannot parse
+    (IPython syntax the filter missed) is blanked and the cell parsed again."""
+    lines = code.splitlines()
+    for _ in range(len(lines) + 1):
+        try:
+            return imported_by("\n".join(lines))
+        except SyntaxError as error:
+            if not error.lineno or error.lineno > len(lines) or not lines[error.lineno - 1]:
+                return set()
+            lines[error.lineno - 1] = ""
+    return set()
+
+
+def chapter_reach(chapter: str) -> list[str]:
+    """The package modules chapter ``chapter`` reaches: every ``gradguess`` module its code
+    cells import (lazy imports included) and, transitively, what those import (`store.reach`)."""
+    text = (CHAPTER_SOURCES / f"{chapter}.md").read_text()
+    return reach_of(set().union(*map(_parsed_imports, chapter_code(text)), set()))
+
+
 def source_fingerprint(chapter: str) -> str:
-    """A hash of the code an execution of ``chapter`` runs: every module of this package, the
-    registered rules (book/rules.toml) and the chapter's own source (book/chapters/<chapter>.md). A committed execution whose
-    fingerprint differs from today's ran other code (tests/test_book.py checks)."""
+    """A hash of the code an execution of ``chapter`` runs: the chapter's own source
+    (book/chapters/<chapter>.md), the registered rules (book/rules.toml) and the package
+    modules the chapter reaches (`chapter_reach`), names and sources; an edit of a module
+    outside its reach (another chapter's analysis) leaves it as it was. A committed
+    execution whose fingerprint differs from today's ran other code (tests/test_book.py
+    checks)."""
     source = CHAPTER_SOURCES / f"{chapter}.md"
     if not source.exists():
         return "unknown (no chapter source at hand)"
     digest = hashlib.sha256()
     rules = CHAPTER_SOURCES.parent / "rules.toml"
-    for path in [*sorted(PACKAGE.rglob("*.py")), rules, source]:
+    for path in (rules, source):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    digest.update(reach_fingerprint(chapter_reach(chapter)).encode())
     return digest.hexdigest()[:16]
 
 

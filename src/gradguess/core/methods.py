@@ -20,6 +20,11 @@ from . import guesses
 # "exact": backprop; "none": nothing guessed (a baseline that trains only what is exact).
 SPACES = ("activations", "weights", "exact", "none")
 
+# A stack of runs (`gradguess.engine.stack`) puts its replicates in this order of their
+# spaces, so that each kind of pass covers one block: the activation-space and weight-space
+# guesses side by side (one JVP for a prompt-tuned ViT), then backprop, then the baseline.
+_STACK_RANK = {"activations": 0, "weights": 1, "exact": 2, "none": 3}
+
 
 @dataclass(frozen=True)
 class Method:
@@ -45,6 +50,11 @@ class Method:
     def fused(self) -> bool:
         """Whether the fused estimator (`gradguess.core.fused`) runs this method."""
         return self.guess_at is not None
+
+    @property
+    def stack_rank(self) -> int:
+        """This method's place in a stack of runs (`_STACK_RANK`)."""
+        return _STACK_RANK[self.space]
 
     @property
     def tunes_prompts(self) -> bool:

@@ -113,6 +113,16 @@ class StackedOptimizer:
     def _broadcast(values: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         return values.to(device=p.device, dtype=p.dtype).view(-1, *[1] * (p.dim() - 1))
 
+    def state_dict(self) -> dict:
+        """The moments and step counts (a checkpoint's share): tensors of the parameters' devices."""
+        return {"state": self.state, "steps": self.steps}
+
+    def load_state_dict(self, saved: dict) -> None:
+        """Continue from `state_dict`'s ``saved``, each tensor moved to its parameter's device."""
+        self.steps = saved["steps"]
+        self.state = [[{k: v.to(p.device) if torch.is_tensor(v) else v for k, v in s.items()}
+                       for s in row] for p, row in zip(self.params, saved["state"])]
+
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None

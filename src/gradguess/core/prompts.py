@@ -153,16 +153,19 @@ def estimate_prompt_gradient(model: PromptedViT, x: Tensor, targets: Tensor, met
     return F.cross_entropy(logits, targets)
 
 
-# --- R prompt-tuning runs side by side (`training.tune_prompt_stack`) ----------------------
-# Stack order: backprop's replicates first, then the baseline's, then every guessed one, so
-# that each kind of pass (autograd, plain forward, one JVP) covers one contiguous block.
-_STACK_RANK = {"exact": 0, "none": 1, "weights": 2, "activations": 2}
+# --- R prompt-tuning runs side by side (`engine.prompt_stack`) ---------------------------
+# A stack's replicates in `Method.stack_rank` order: the guessed ones (one JVP), then
+# backprop's (autograd), then the baseline's (a plain forward pass), one block each.
+def _pass(method: str) -> str:
+    """Which pass a replicate takes: "exact" (backprop), "none" (the baseline) or "guessed"."""
+    space = get_method(method).space
+    return space if space in ("exact", "none") else "guessed"
 
 
 def prompt_stack_order(methods) -> list[int]:
     """The replicates' positions in a stack (`estimate_stacked_prompt_gradients`): sorted by
-    kind of pass, stably, so that runs of one kind keep their order."""
-    return sorted(range(len(methods)), key=lambda r: _STACK_RANK[get_method(methods[r]).space])
+    `Method.stack_rank`, stably, so that runs of one kind keep their order."""
+    return sorted(range(len(methods)), key=lambda r: get_method(methods[r]).stack_rank)
 
 
 class _Replicate:
@@ -208,11 +211,12 @@ def estimate_stacked_prompt_gradients(model: PromptedViT, prompts: Tensor, weigh
         raise ValueError(f"prompts, x, targets, methods and generators need one entry per "
                          f"replicate ({R}); got {prompts.shape[0]}, {tuple(x.shape[:2])}, "
                          f"{len(methods)}, {len(generators)}")
-    kinds = [_STACK_RANK[get_method(method).space] for method in methods]
-    if kinds != sorted(kinds):
-        raise ValueError("methods must be in prompt_stack_order (backprop, head only, guessed)")
+    ranks = [get_method(method).stack_rank for method in methods]
+    if ranks != sorted(ranks):
+        raise ValueError("methods must be in prompt_stack_order (guessed, backprop, head only)")
+    kinds = [_pass(method) for method in methods]
     blocks = [(kind, kinds.index(kind), R - kinds[::-1].index(kind))
-              for kind in sorted(set(kinds))]
+              for kind in dict.fromkeys(kinds)]
 
     def repeated(lo, hi):
         """Each replicate's prompts over its B examples, [(hi - lo) B, P, D]: a copy, as the
@@ -222,13 +226,13 @@ def estimate_stacked_prompt_gradients(model: PromptedViT, prompts: Tensor, weigh
     features, backprop, guessed = [], None, None
     for kind, lo, hi in blocks:
         xs = x[lo:hi].flatten(0, 1)
-        if kind == 0:  # backprop: autograd through the stacked prompts, into the features only
+        if kind == "exact":  # backprop: autograd through the stacked prompts, into the features
             with torch.enable_grad():
                 leaf = prompts[lo:hi].detach().requires_grad_(True)
                 traced = model.features(xs, leaf[:, None].expand(-1, B, -1, -1).reshape(-1, P, D))
             backprop = (leaf, traced, lo, hi)
             features.append(traced.detach())
-        elif kind == 1:  # the baseline: prompts left at their initialisation
+        elif kind == "none":  # the baseline: prompts left at their initialisation
             with torch.no_grad():
                 features.append(model.features(xs, repeated(lo, hi)))
         else:  # guessed: each replicate's guess from its own generator, one JVP for all
@@ -276,17 +280,3 @@ def prompt_cosine(model: PromptedViT, x: Tensor, targets: Tensor, method: str, g
         total += float(F.cosine_similarity(model.prompts.grad.flatten(), true.flatten(), 0))
     model.zero_grad(set_to_none=True)
     return total / repeats
-
-
-def final_accuracy(histories: list[dict], test_size: int) -> tuple[float, float]:
-    """The mean final test accuracy of a method's runs (one history per seed, diverged runs
-    left out) and its binomial standard error over the test images of every run counted
-    (``test_size`` each): the noise of measuring, not of training. NaNs if every run diverged."""
-    from ..engine.histories import final
-
-    values = [final(history, "test_acc") for history in histories]
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return math.nan, math.nan
-    p = sum(values) / len(values)
-    return p, math.sqrt(p * (1 - p) / (len(values) * test_size))

@@ -41,6 +41,12 @@ def saving_to(path, store_call: Callable):
         _PLACE.reset(token)
 
 
+def active() -> bool:
+    """Whether a store lends a place here (whether `save` writes anything): a caller skips
+    gathering a state that would not be kept."""
+    return _PLACE.get() is not None
+
+
 def resume():
     """The saved state of this call's interrupted attempt, or None."""
     place = _PLACE.get()

@@ -3,15 +3,15 @@
 A grid of runs (methods x seeds x learning rates x optimizers x datasets) of one architecture
 is R independent trainings whose steps are each far too small to keep a GPU busy. Here they
 run as the R replicates of one `StackedMLP`: every layer is one batched matmul over all of
-them, and replicate r is, number for number, the run `training.train_mlp` would make alone
+them, and replicate r is, number for number, the run `training.reference_mlp` makes alone
 (tests check this in float64 for every method and optimizer):
 
 - its own dataset (``data`` one `Dataset` for all, or a dict of them that each `Run` names by
   key; datasets of one stack share input features, classes and training-set size): its
   batches come from it, and it is evaluated and probed on it;
-- its own initialisation (``torch.manual_seed(seed)`` then an `MLP`, as `train_mlp`), batch
-  order (a CPU generator seeded ``seed``; inputs gathered per replicate, ``[R, B, in]``), and
-  guesses (a generator seeded ``seed + 1``, `guesses.ReplicateGenerators`);
+- its own initialisation (``torch.manual_seed(seed)`` then an `MLP`, as `reference_mlp`),
+  batch order and guesses (its generators from `seeds`; inputs gathered per replicate,
+  ``[R, B, in]``; guesses drawn through `guesses.ReplicateGenerators`);
 - its own method and options: replicates are grouped by them. Activation-space guesses are
   drawn per group and carried through one shared tangent pass (the fused estimator,
   `gradguess.core.fused`); a weight-space guess (directional descent) carries its weight direction
@@ -27,20 +27,19 @@ read once at the end of each epoch.
 """
 import json
 import math
-import time
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from ..core.guesses import ReplicateGenerators
-from .histories import final, record_epoch
 from ..core.losses import cross_entropy_per_example, error_vector
 from ..core.methods import get_method
 from ..core.models import MLP, stack_mlps
 from ..core.optimizers import StackedOptimizer
 from ..core.probes import probe
+from . import checkpoints, seeds, stack as engine
+from .stack import Job, final
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,7 @@ class Run:
 # Methods the stack runs: activation-space guesses with a per-layer form (`Method.guess_at`:
 # the stack keeps every pre-activation, so a guess may read any layer), weight-space guesses
 # and backprop.
-def _stackable(method) -> bool:
+def stackable(method) -> bool:
     return method.guess_at is not None or method.space in ("exact", "weights")
 
 
@@ -95,7 +94,8 @@ def stacked_step(model, x: Tensor, targets: Tensor, groups, generators) -> Tenso
     """Write every replicate's gradient into ``.grad``: its method's guess scaled by its JVP
     (the fused estimator's update, paper A.4), directional descent's (g.v) v, or backprop's
     exact gradient. ``x`` is ``[R, B, in]``, ``targets`` ``[R, B]``; ``groups`` from `_groups`
-    in the order activation-space, exact, weight-space. Returns each replicate's batch loss."""
+    in stack order (`Method.stack_rank`: activation space, weight space, exact). Returns each
+    replicate's batch loss."""
     layers, last, batch = model.layers, len(model.layers) - 1, targets.shape[-1]
     inputs, pre = [], []
     h = x
@@ -113,17 +113,26 @@ def stacked_step(model, x: Tensor, targets: Tensor, groups, generators) -> Tenso
         if method.space == "exact":
             for i, g in enumerate(_exact_preactivation_grads(model, pre, error, lo, hi)):
                 grad_s[i][lo:hi] = g
-    # the prefix of replicates whose update is an outer product with the layer's input
-    ends = [hi for method, _, _, hi in groups if method.space != "weights"]
-    if ends:
-        end = max(ends)
+    # the blocks of replicates whose update is an outer product with the layer's input
+    for a, b in _blocks([(lo, hi) for method, _, lo, hi in groups if method.space != "weights"]):
         for layer, h, g in zip(layers, inputs, grad_s):
-            torch.matmul(g[:end].transpose(-1, -2), h[:end], out=layer.weight.grad[:end])
-            torch.sum(g[:end], -2, out=layer.bias.grad[:end])
+            torch.matmul(g[a:b].transpose(-1, -2), h[a:b], out=layer.weight.grad[a:b])
+            torch.sum(g[a:b], -2, out=layer.bias.grad[a:b])
     for method, options, lo, hi in groups:
         if method.space == "weights":
             _weight_space(model, inputs, pre, error, method, options, lo, hi, generators)
     return loss
+
+
+def _blocks(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Consecutive (lo, hi) spans merged into blocks."""
+    blocks = []
+    for lo, hi in spans:
+        if blocks and blocks[-1][1] == lo:
+            blocks[-1] = (blocks[-1][0], hi)
+        else:
+            blocks.append((lo, hi))
+    return blocks
 
 
 def _exact_preactivation_grads(model, pre, error, lo, hi) -> list[Tensor]:
@@ -197,19 +206,16 @@ def _weight_space(model, inputs, pre, error, method, options, lo, hi, generators
                   out=p.grad[lo:hi])
 
 
-_RANK = {"activations": 0, "exact": 1, "weights": 2}
-
-
 def _order(runs: list[Run]) -> list[int]:
-    """Stack order: activation-space methods first (grouped), then backprop, then weight
-    space, so each estimator works on one contiguous block of replicates; within a group,
-    runs are sorted by optimizer, so that an optimizer's update covers blocks of consecutive
-    replicates (`StackedOptimizer`'s segments). To keep those blocks few, within each space an
-    optimizer that the previous spaces also use comes first and one that later spaces use
-    comes last (groups are placed by their optimizers' places). Otherwise the order of
-    ``runs`` is kept (the sort is stable)."""
-    space = [_RANK[get_method(run.method).space] for run in runs]
-    used = [{run.optimizer for run, s in zip(runs, space) if s == k} for k in range(len(_RANK))]
+    """Stack order (`stack.stack_order`): by `Method.stack_rank` (activation space, weight
+    space, backprop), so each estimator works on one contiguous block of replicates; within a
+    rank by group, and within a group by optimizer, so that an optimizer's update covers
+    blocks of consecutive replicates (`StackedOptimizer`'s segments). To keep those blocks
+    few, within each rank an optimizer that the previous ranks also use comes first and one
+    that later ranks use comes last (groups are placed by their optimizers' places).
+    Otherwise the order of ``runs`` is kept (the sort is stable)."""
+    rank = {id(run): get_method(run.method).stack_rank for run in runs}
+    used = [{run.optimizer for run in runs if rank[id(run)] == k} for k in range(4)]
 
     def place(optimizer: str, k: int) -> tuple:
         later = any(optimizer in u for u in used[k + 1:])
@@ -217,13 +223,11 @@ def _order(runs: list[Run]) -> list[int]:
         return later - earlier, optimizer
 
     group_place = {}
-    for run, k in zip(runs, space):
-        key = (k, run.group())
-        group_place[key] = min(group_place.get(key, place(run.optimizer, k)),
-                               place(run.optimizer, k))
-    return sorted(range(len(runs)), key=lambda r: (
-        space[r], group_place[space[r], runs[r].group()], runs[r].group(),
-        place(runs[r].optimizer, space[r])))
+    for run in runs:
+        key, here = (rank[id(run)], run.group()), place(run.optimizer, rank[id(run)])
+        group_place[key] = min(group_place.get(key, here), here)
+    return engine.stack_order(runs, lambda run: (
+        group_place[rank[id(run)], run.group()], run.group(), place(run.optimizer, rank[id(run)])))
 
 
 def _datasets(data, runs: list[Run]) -> tuple[list, list[int]]:
@@ -280,13 +284,6 @@ def _per_dataset(values: list[Tensor], index: Tensor | None) -> Tensor:
     return torch.stack(values).gather(0, index.view(1, -1)).squeeze(0)
 
 
-@torch.no_grad()
-def _correct(model, x: Tensor, y: Tensor, batch_size: int = 4096) -> Tensor:
-    """Correct predictions per replicate, on the device."""
-    return sum((model(x[i:i + batch_size]).argmax(-1) == y[i:i + batch_size]).sum(-1)
-               for i in range(0, len(y), batch_size))
-
-
 def train_stack(data, runs, *, depth: int, width: int, epochs: int, batch_size: int = 128,
                 probe_examples: int = 0, probe_repeats: int = 1,
                 progress: bool = False) -> list[dict]:
@@ -296,107 +293,96 @@ def train_stack(data, runs, *, depth: int, width: int, epochs: int, batch_size: 
     datasets a stack uses share input features, classes and training-set size (test sets may
     differ).
 
-    Returns, in the order of ``runs``, the history `training.train_mlp` would return for each
+    Returns, in the order of ``runs``, the history `training.reference_mlp` returns for each
     run alone on its dataset (per-epoch ``train_acc``, ``test_acc``, ``train_loss``,
     ``diverged``, ``diverged_at_step``, ``steps``), with ``seconds`` the stack's wall time and
     ``replicates`` its size. With ``probe_examples`` > 0 every replicate is probed as
     `train_mlp` probes a run (`probes.probe`, before the first epoch and after each one, on
-    its own dataset). Each epoch evaluates the whole stack on every dataset it uses.
+    its own dataset). Each epoch evaluates the whole stack on every dataset it uses. The run
+    is checkpointed after every epoch and resumes from a saved state (`checkpoints`).
     """
+    runs = _checked(runs, epochs)
+    datasets, which = _datasets(data, runs)
+    first = datasets[0]
+    n = len(first.train_y)
+    engine.check_batch_size(batch_size, n)
+    order = _order(runs)
+    stack = [runs[r] for r in order]
+    model = _stacked_model(stack, first, depth, width)
+    index = torch.tensor([which[r] for r in order], device=first.train_x.device)
+    probes = _Probes([datasets[which[r]] for r in order], stack, probe_examples, probe_repeats)
+    guesses = [seeds.guesses(run.seed, first.train_x.device) for run in stack]
+    groups = _groups(stack)
+    optimizers = ", ".join(dict.fromkeys(run.optimizer for run in stack))
+    job = Job(stack, order, list(model.parameters()), StackedOptimizer(
+                  model.parameters(), [r.optimizer for r in stack], [r.lr for r in stack],
+                  [r.weight_decay for r in stack]),
+              step=lambda x, y: stacked_step(model, x, y, groups, guesses),
+              record=engine.epoch_recorder(lambda: _accuracies(model, datasets, index)),
+              histories=[engine.new_history() for _ in stack],
+              train_x=_end_to_end([d.train_x.flatten(1) for d in datasets]),
+              train_y=_end_to_end([d.train_y for d in datasets]), batch_size=batch_size,
+              steps=epochs * (n // batch_size), every=n // batch_size,
+              observe=lambda histories, going, step: probes.observe(model, histories, going),
+              generators={"guesses": guesses, "probes": probes.rngs}, n=n,
+              offset=(index * n).view(-1, 1) if len(datasets) > 1 else None,
+              key=repr(("mlp", depth, width, batch_size, epochs, probe_examples, probe_repeats,
+                        stack, [d.name for d in datasets])),
+              stamp={"replicates": len(stack)})
+    return engine.run(job, progress=progress,
+                      desc=f"stack of {len(stack)} ({depth}x{width}, {optimizers})")
+
+
+def _end_to_end(tensors: list[Tensor]) -> Tensor:
+    """The training sets end to end (replicate r's indices are shifted into its own)."""
+    return torch.cat(tensors) if len(tensors) > 1 else tensors[0]
+
+
+def _checked(runs, epochs) -> list[Run]:
+    """``runs`` as `Run`s (also from dicts), each of a method the stack runs."""
     runs = [Run(**r) if isinstance(r, dict) else r for r in runs]
     if not runs:
         raise ValueError("train_stack needs at least one run")
     for run in runs:
-        if not _stackable(get_method(run.method)):
+        if not stackable(get_method(run.method)):
             raise ValueError(f"the stacked engine runs activation-space methods with a per-layer "
                              f"guess, weight-space guesses and backprop, not {run.method!r}")
-    if not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
-    datasets, which = _datasets(data, runs)
-    first = datasets[0]
-    n, device, dtype = len(first.train_y), first.train_x.device, first.train_x.dtype
-    if not isinstance(batch_size, int) or not 1 <= batch_size <= n:
-        raise ValueError(f"batch_size must be an integer in 1..{n} (the training set), "
-                         f"got {batch_size!r}")
-    order = _order(runs)
-    stack = [runs[r] for r in order]
+    engine.check_schedule("epochs", epochs)
+    return runs
+
+
+def _stacked_model(stack: list[Run], data, depth: int, width: int):
+    """Every run's MLP, initialised as `train_mlp` initialises it, stacked, with zero grads."""
     mlps = []
     for run in stack:
-        torch.manual_seed(run.seed)  # as train_mlp initialises a run
-        mlps.append(MLP(first.in_features, width, depth, first.num_classes))
-    model = stack_mlps(mlps).to(device=device, dtype=dtype)
+        torch.manual_seed(run.seed)
+        mlps.append(MLP(data.in_features, width, depth, data.num_classes))
+    model = stack_mlps(mlps).to(device=data.train_x.device, dtype=data.train_x.dtype)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
-    opt = StackedOptimizer(model.parameters(), [r.optimizer for r in stack],
-                           [r.lr for r in stack], [r.weight_decay for r in stack])
-    order_rngs = [torch.Generator().manual_seed(run.seed) for run in stack]
-    generators = [torch.Generator(device=device).manual_seed(run.seed + 1) for run in stack]
-    groups = _groups(stack)
-    R, steps_per_epoch = len(stack), n // batch_size
-    if len(datasets) == 1:
-        train_x, train_y, offset, index = first.train_x.flatten(1), first.train_y, None, None
-    else:  # the training sets end to end; replicate r's indices shifted into its own
-        train_x = torch.cat([d.train_x.flatten(1) for d in datasets])
-        train_y = torch.cat([d.train_y for d in datasets])
-        index = torch.tensor([which[r] for r in order], device=device)
-        offset = (index * n).view(-1, 1)
+    return model
 
-    diverged = torch.zeros(R, dtype=torch.bool, device=device)
-    diverged_at = torch.zeros(R, dtype=torch.long, device=device)
-    histories = [{"train_acc": [], "test_acc": [], "train_loss": [], "diverged": False,
-                  "diverged_at_step": None, "steps": 0} for _ in stack]
-    probes = _Probes([datasets[which[r]] for r in order], stack, probe_examples, probe_repeats)
-    probes.observe(model, histories, range(R))
-    start, step = time.perf_counter(), 0
-    optimizers = ", ".join(dict.fromkeys(run.optimizer for run in stack))
-    bar = tqdm(total=epochs * steps_per_epoch, disable=not progress, leave=False,
-               desc=f"stack of {R} ({depth}x{width}, {optimizers})")
-    for _ in range(epochs):
-        batches = torch.stack([torch.randperm(n, generator=g) for g in order_rngs]).to(device)
-        if offset is not None:
-            batches += offset
-        loss_sum = torch.zeros(R, dtype=torch.float64, device=device)
-        for i in range(0, steps_per_epoch * batch_size, batch_size):
-            idx = batches[:, i:i + batch_size]
-            loss = stacked_step(model, train_x[idx], train_y[idx], groups, generators)
-            opt.step()
-            step += 1
-            bad = ~torch.isfinite(loss)
-            for p in model.parameters():
-                bad |= ~torch.isfinite(p).flatten(1).all(1)
-            diverged_at = torch.where(bad & ~diverged, step, diverged_at)
-            diverged |= bad
-            loss_sum += loss.nan_to_num().double()
-            bar.update()
-        # the epoch's one read back: losses, accuracies, divergence
-        train_acc = _per_dataset([_correct(model, d.train_x, d.train_y).double() / n
-                                  for d in datasets], index)
-        test_acc = _per_dataset([_correct(model, d.test_x, d.test_y).double() / len(d.test_y)
-                                 for d in datasets], index)
-        read = torch.stack([loss_sum / steps_per_epoch, train_acc, test_acc, diverged.double(),
-                            diverged_at.double()]).tolist()
-        probes.observe(model, histories, record_epoch(histories, read, step))
-        if all(h["diverged"] for h in histories):
-            break
-        bar.set_postfix(train=f"{max(read[1]):.3f}")
-    bar.close()
-    seconds = time.perf_counter() - start
-    result = [None] * R
-    for position, r in enumerate(order):
-        result[r] = {**histories[position], "seconds": seconds, "replicates": R}
-    return result
+
+def _accuracies(model, datasets, index: Tensor) -> tuple[Tensor, Tensor]:
+    """Each replicate's train and test accuracy on its own dataset, on the device (the whole
+    stack evaluated on every dataset)."""
+    index = index if len(datasets) > 1 else None
+    train = [engine.correct(model, d.train_x, d.train_y).double() / len(d.train_y)
+             for d in datasets]
+    test = [engine.correct(model, d.test_x, d.test_y).double() / len(d.test_y) for d in datasets]
+    return _per_dataset(train, index), _per_dataset(test, index)
 
 
 class _Probes:
     """`probes.probe` of replicates, once per epoch (outside the step loop): each replicate
     as its own `MLP`, on the first ``examples`` training images of its own dataset
-    (``datasets[r]``), with a generator seeded ``seed + 1000``, as `training.train_mlp`
+    (``datasets[r]``), with its generator `seeds.mlp_probes`, as `training.reference_mlp`
     probes a run."""
 
     def __init__(self, datasets, stack, examples: int, repeats: int):
         self.batches = [(d.train_x[:examples], d.train_y[:examples]) for d in datasets]
         self.examples, self.repeats, self.stack = examples, repeats, stack
-        self.rngs = [torch.Generator(device=d.train_x.device).manual_seed(run.seed + 1000)
+        self.rngs = [seeds.mlp_probes(run.seed, d.train_x.device)
                      for d, run in zip(datasets, stack)] if examples else []
 
     def observe(self, model, histories, replicates) -> None:
@@ -421,12 +407,12 @@ def train_grid(data, runs, *, depth: int, width: int, epochs: int, batch_size: i
     members = _order(runs)
     size = max_replicates or len(members)
     result = [None] * len(runs)
-    for chunk in range(0, len(members), size):
+    for chunk in range(0, len(members), size):  # each chunk stored on its own (`checkpoints`)
         part = members[chunk:chunk + size]
-        histories = train_stack(data, [runs[r] for r in part], depth=depth, width=width,
-                                epochs=epochs, batch_size=batch_size,
-                                probe_examples=probe_examples, probe_repeats=probe_repeats,
-                                progress=progress)
+        histories = checkpoints.chunk(
+            train_stack, data, [runs[r] for r in part], depth=depth, width=width, epochs=epochs,
+            batch_size=batch_size, probe_examples=probe_examples, probe_repeats=probe_repeats,
+            progress=progress)
         for r, history in zip(part, histories):
             result[r] = history
     return result

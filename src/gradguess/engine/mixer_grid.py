@@ -4,12 +4,12 @@ A LocalMixer step at the book's sizes is a few hundred tiny kernels, so a GPU sp
 waiting on launches. `train_mixer_stack` trains R runs (method x local x augmentation x seed)
 of one architecture as the replicates of one `StackedLocalMixer`, whose weights carry a
 leading replicate dimension: every kernel of a step serves all R runs. Replicate r is, number
-for number, the run `training.train_mixer` would make alone (tests check this in float64):
+for number, the run `training.reference_mixer` makes alone (tests check this in float64):
 
 - its own initialisation (``torch.manual_seed(seed)`` then a `mixer.LocalMixer`, as
-  `train_mixer`), batch order (a CPU generator seeded ``seed``), augmentation (a generator
-  seeded ``seed + 2``, `data.random_crop_flip_each`) and guesses (a generator seeded
-  ``seed + 1``, drawn per replicate through `guesses.ReplicateGenerators` in a run's order);
+  `reference_mixer`), batch order, augmentation (`data.random_crop_flip_each`) and guesses
+  (drawn per replicate through `guesses.ReplicateGenerators` in a run's order), each from
+  its own generator (`seeds`);
 - its own method and local flag. The guessing replicates share one forward pass (every
   pre-activation and loss), draw their guesses per method group on views of the stack, and
   share one JVP that scales them, as the reference estimator's global mode does (each local
@@ -21,22 +21,22 @@ Nothing is read back to the host during an epoch: losses, divergence (a non-fini
 weight ends a replicate's history, as it ends a run) and accuracies stay on the device and are
 read once at the end of each epoch.
 """
-import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.data import FLIPPABLE, random_crop_flip_each
+from ..core.data import FLIPPABLE
 from ..core.estimators import resolve_estimator
 from ..core.guesses import ReplicateGenerators
-from .histories import record_epoch
 from ..core.losses import cross_entropy_per_example, error_vector
 from ..core.methods import get_method, method_names
 from ..core.mixer import LocalMixer
 from ..core.models import Trace
 from ..core.optimizers import StackedOptimizer
+from . import seeds, stack as engine
+from .stack import Job
 
 # Backprop and the activation-space methods with a per-layer guess (the stack draws them from
 # its own pre-activations, layer after layer, as a run draws them).
@@ -366,97 +366,67 @@ def _runs(runs) -> list[MixerRun]:
     return out
 
 
-@torch.no_grad()
-def _correct(model, x: Tensor, y: Tensor, chunk: int = 1024) -> Tensor:
-    """Correct predictions of the readout per replicate, on the device."""
-    return sum((model(x[i:i + chunk]).argmax(-1) == y[i:i + chunk]).sum(-1)
-               for i in range(0, len(y), chunk))
-
-
 def train_mixer_stack(data, runs, *, epochs: int, batch_size: int = 128, lr: float = 1e-2,
                       optimizer: str = "adamw", **architecture) -> list[dict]:
     """Train the LocalMixer ``runs`` (`MixerRun`s: method, local, augment, seed) side by side.
 
-    Returns, in the order of ``runs``, the history ``train_mixer(data, method=..., local=...,
+    Returns, in the order of ``runs``, the history ``reference_mixer(data, method=..., local=...,
     augment=..., seed=..., epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
     **architecture)`` would return for each run alone: per-epoch ``train_acc``, ``test_acc``,
     ``train_loss``, and ``diverged``, ``diverged_at_step``, ``steps``, ``estimator``, with
     ``seconds`` the stack's wall time. The runs share ``architecture`` (`LocalMixer`'s
     keywords), the optimizer and its learning rate. Methods: backprop and the activation-space
-    guesses (`STACKABLE`), each in the global mode of the reference estimator.
+    guesses (`STACKABLE`), each in the global mode of the reference estimator. The run is
+    checkpointed after every epoch and resumes from a saved state (`checkpoints`).
     """
     runs = _runs(runs)
     if "local" in architecture:
         raise TypeError("local is set per run (MixerRun.local), not in the architecture")
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
-        raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+    engine.check_schedule("epochs", epochs)
     n, device = len(data.train_y), data.train_x.device
-    if not isinstance(batch_size, int) or not 1 <= batch_size <= n:
-        raise ValueError(f"batch_size must be an integer in 1..{n} (the training set), "
-                         f"got {batch_size!r}")
-    # stack order: the guessing replicates grouped by method, then backprop's
-    order = sorted(range(len(runs)), key=lambda r: (get_method(runs[r].method).space == "exact",
-                                                    runs[r].method))
+    engine.check_batch_size(batch_size, n)
+    # the guessing replicates grouped by method, then backprop's
+    order = engine.stack_order(runs, lambda run: (run.method,))
     stack = [runs[r] for r in order]
+    model, estimators = _stacked_model(data, stack, architecture)
+    guesses = [seeds.guesses(run.seed, device) for run in stack]
+    plan = _Plan(model, stack, guesses)
+    job = Job(stack, order, list(model.parameters()), StackedOptimizer(model.parameters(),
+                                                                       optimizer, lr),
+              step=plan.step, record=engine.epoch_recorder(lambda: _accuracies(model, data)),
+              histories=[engine.new_history(estimator=e) for e in estimators],
+              train_x=data.train_x, train_y=data.train_y, batch_size=batch_size,
+              steps=epochs * (n // batch_size), every=n // batch_size,
+              generators={"guesses": guesses},
+              augment=tuple(r for r, run in enumerate(stack) if run.augment),
+              flip=data.name in FLIPPABLE,
+              key=repr(("mixer", data.name, stack, epochs, batch_size, lr, optimizer,
+                        sorted(architecture.items()))))
+    return engine.run(job, desc=f"LocalMixer x{len(stack)}")
+
+
+def _stacked_model(data, stack: list[MixerRun], architecture: dict):
+    """Every run's LocalMixer, initialised as `train_mixer` initialises it, stacked with zero
+    grads, and each run's estimator (as the reference loop names it)."""
     mixers = []
     for run in stack:
-        torch.manual_seed(run.seed)  # as train_mixer initialises a run
-        mixers.append(LocalMixer(data.train_x.shape[1], data.num_classes, local=run.local, **architecture))
-    if data.train_x.shape[-1] != mixers[0].image_size or data.train_x.shape[-2] != mixers[0].image_size:
-        raise ValueError(f"the LocalMixer was built for {mixers[0].image_size}x{mixers[0].image_size} "
-                         f"images, got {tuple(data.train_x.shape[-2:])}; pad them "
+        torch.manual_seed(run.seed)
+        mixers.append(LocalMixer(data.train_x.shape[1], data.num_classes, local=run.local,
+                                 **architecture))
+    size = mixers[0].image_size
+    if data.train_x.shape[-1] != size or data.train_x.shape[-2] != size:
+        raise ValueError(f"the LocalMixer was built for {size}x{size} images, got "
+                         f"{tuple(data.train_x.shape[-2:])}; pad them "
                          f"(gradguess.core.data.pad_images)")
-    estimators = [resolve_estimator("auto", m, run.method, "global", {}) for m, run in zip(mixers, stack)]
-    model = StackedLocalMixer(mixers).to(device)
-    del mixers
+    estimators = [resolve_estimator("auto", m, run.method, "global", {})
+                  for m, run in zip(mixers, stack)]
+    model = StackedLocalMixer(mixers).to(data.train_x.device)
     for p in model.parameters():  # every step writes every replicate's slice
         p.grad = torch.zeros_like(p)
-    opt = StackedOptimizer(model.parameters(), optimizer, lr)
-    order_rngs = [torch.Generator().manual_seed(run.seed) for run in stack]
-    generators = [torch.Generator(device=device).manual_seed(run.seed + 1) for run in stack]
-    augmented = [r for r, run in enumerate(stack) if run.augment]
-    augment_rngs = [torch.Generator(device=device).manual_seed(stack[r].seed + 2) for r in augmented]
-    augmented_rows = torch.tensor(augmented, dtype=torch.long, device=device)
-    flip = data.name in FLIPPABLE
-    plan = _Plan(model, stack, generators)
-    R, steps_per_epoch = len(stack), n // batch_size
+    return model, estimators
 
-    diverged = torch.zeros(R, dtype=torch.bool, device=device)
-    diverged_at = torch.zeros(R, dtype=torch.long, device=device)
-    histories = [{"train_acc": [], "test_acc": [], "train_loss": [], "diverged": False,
-                  "diverged_at_step": None, "steps": 0, "estimator": e} for e in estimators]
-    params = list(model.parameters())
-    start, step = time.perf_counter(), 0
-    for _ in range(epochs):
-        batches = torch.stack([torch.randperm(n, generator=g) for g in order_rngs]).to(device)
-        loss_sum = torch.zeros(R, dtype=torch.float64, device=device)
-        for i in range(0, steps_per_epoch * batch_size, batch_size):
-            idx = batches[:, i:i + batch_size]
-            x = data.train_x[idx]  # [R, B, C, H, W]: every replicate its own batch
-            if len(augmented) == R:
-                x = random_crop_flip_each(x, augment_rngs, padding=4, flip=flip)
-            elif augmented:
-                x = x.index_copy(0, augmented_rows, random_crop_flip_each(
-                    x[augmented_rows], augment_rngs, padding=4, flip=flip))
-            loss = plan.step(x, data.train_y[idx])
-            opt.step()
-            step += 1
-            weights = torch.cat([p.detach().flatten(1) for p in params], 1)
-            bad = ~torch.isfinite(loss) | ~torch.isfinite(weights).all(1)
-            diverged_at = torch.where(bad & ~diverged, step, diverged_at)
-            diverged |= bad
-            loss_sum += loss.double()
-        # the epoch's one read back: losses, accuracies, divergence
-        correct_train = _correct(model, data.train_x, data.train_y)
-        correct_test = _correct(model, data.test_x, data.test_y)
-        read = torch.stack([loss_sum / steps_per_epoch, correct_train.double() / n,
-                            correct_test.double() / len(data.test_y), diverged.double(),
-                            diverged_at.double()]).cpu().tolist()
-        record_epoch(histories, read, step)
-        if all(h["diverged"] for h in histories):
-            break
-    seconds = time.perf_counter() - start
-    result = [None] * R
-    for position, r in enumerate(order):
-        result[r] = {**histories[position], "seconds": seconds}
-    return result
+
+def _accuracies(model, data) -> tuple[Tensor, Tensor]:
+    """Each replicate's train and test accuracy of the readout, on the device."""
+    return (engine.correct(model, data.train_x, data.train_y, 1024).double() / len(data.train_y),
+            engine.correct(model, data.test_x, data.test_y, 1024).double() / len(data.test_y))

@@ -110,3 +110,18 @@ def test_source_fingerprint_changes_with_the_code_the_chapter_reaches_the_rules_
     assert len({first, second, third, fingerprint()}) == 4
     assert provenance.source_fingerprint("missing").startswith("unknown")
     store.forget_code()
+
+
+def test_load_found_leaves_out_what_the_machine_lacks(monkeypatch, tmp_path):
+    from gradguess.core.data import DataNotFoundError
+
+    def load(name, device=None, download=False):
+        if name == "cifar10":
+            raise DataNotFoundError("cifar10 is not here")
+        return blobs()
+
+    monkeypatch.setattr(runtime, "load_dataset", load)
+    monkeypatch.setenv("GRADGUESS_CACHE", str(tmp_path))
+    chapter = start("training", scale="small", device="cpu", load=False, quiet=True)
+    found = chapter.load_found(["mnist", "cifar10", "svhn"])
+    assert list(found) == ["mnist", "svhn"]

@@ -267,3 +267,25 @@ def test_a_single_run_is_a_stack_of_one_where_the_stack_runs_it(float64):
     assert_same_history(single, one_at_a_time(float64, run, 2, 20))
     debiased = train_mlp(float64, **ARCH, method="w_transpose_debiased", epochs=1, batch_size=20)
     assert debiased["estimator"] == "reference"  # only the reference loop runs it
+
+
+def test_best_rate_and_other_seeds_are_the_protocols_two_halves():
+    from gradguess.engine.grid import best_rate, other_seeds
+
+    sweep = {1e-2: {"train_acc": [0.5], "diverged": False},
+             1e-3: {"train_acc": [0.9], "diverged": True},  # diverged: never chosen
+             1e-4: {"train_acc": [0.7], "diverged": False}}
+    assert best_rate(sweep) == 1e-4
+    assert best_rate({1e-2: {"train_acc": [0.9], "diverged": True}}) is None
+    calls = []
+
+    def fake_grid(data, runs, **grid_args):
+        calls.append((runs, grid_args))
+        return [{"seed": run.seed, "lr": run.lr} for run in runs]
+
+    runs = [Run("w_transpose", 3, 1e-3), Run("backprop", 3, 1e-2, "sgd")]
+    repeated = other_seeds(fake_grid, None, runs, 3, seed=3, epochs=2)
+    assert repeated == [[{"seed": 4, "lr": 1e-3}, {"seed": 5, "lr": 1e-3}],
+                        [{"seed": 4, "lr": 1e-2}, {"seed": 5, "lr": 1e-2}]]
+    assert len(calls) == 1 and calls[0][1] == {"epochs": 2}  # one grid, side by side
+    assert other_seeds(fake_grid, None, runs, 1) == [[], []]

@@ -1,9 +1,9 @@
 """gradguess: guessed gradients by forward-mode AD, after "How to guess a gradient"
 (Singhal, Cheung, Chandra, Ragan-Kelley, Tenenbaum, Poggio, Yu; arXiv 2312.04709).
 
-Modules, one concept each (README.md lists them all): `models` (networks exposing x_i and
-s_i), `guesses` (one function per guessing method), `methods` (the registry of methods),
-`estimators` and `fused` (JVPs and the updates they give), `metrics`, `training`, `data`,
-and the book's runtime: `settings`, `chapter`, `cache`, `ledger`, `provenance`.
+Four layers, each a subpackage (README.md lists every module): `core` (networks, guesses, the
+method registry, estimators, metrics, data), `engine` (runs trained alone or side by side,
+resumably), `analysis` (what the chapters compute from runs) and `book` (the book's runtime:
+settings, scales, rules, ledger, run store, provenance, chapter, report, plotting).
 """
 __version__ = "0.1.0"

@@ -19,7 +19,7 @@ import torch
 
 from . import plotting
 from .store import CACHE_STATS, Store, records_folder
-from ..core.data import Dataset, load_dataset
+from ..core.data import DataNotFoundError, Dataset, load_dataset
 from .ledger import Claim, Ledger
 from .provenance import git_commit, provenance
 from .scales import Scale, get_scale, resolve_device, run_in_words
@@ -64,6 +64,17 @@ class Chapter:
         """The run store: the local folder ``cache``, and at a scale other than small the
         committed records in book/runs/<scale>/records/ (`gradguess.book.store`)."""
         return Store(self.cache, records=records_folder(self.scale.name), commit=git_commit())
+
+    def load_found(self, names) -> dict:
+        """{name: dataset} of those of ``names`` found on this machine, each loaded as `load`
+        loads it; the others are left out (nothing is downloaded)."""
+        found = {}
+        for name in names:
+            try:
+                found[name] = self.load(name)
+            except DataNotFoundError:
+                pass
+        return found
 
     def cached(self, fn, /, *args, **kwargs):
         """``fn(*args, **kwargs)``, computed once: keyed by the call and the code it reaches

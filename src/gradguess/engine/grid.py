@@ -27,7 +27,7 @@ read once at the end of each epoch.
 """
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -419,30 +419,39 @@ def train_grid(data, runs, *, depth: int, width: int, epochs: int, batch_size: i
 
 
 
+def best_rate(sweep: dict) -> float | None:
+    """The rate of ``sweep`` ({rate: history}) whose run ends with the highest train accuracy
+    (the paper's choice, A.3); None where every rate diverged (a diverged run never wins)."""
+    finite = {lr: final(h) for lr, h in sweep.items() if not math.isnan(final(h))}
+    return max(finite, key=finite.get) if finite else None
+
+
+def other_seeds(run_grid, data, runs, seeds: int, *, seed: int = 0, **grid_args) -> list:
+    """Each of ``runs`` again, at its own rate, with seeds ``seed + 1 .. seed + seeds - 1``:
+    one list of histories per run. ``run_grid(data, runs, **grid_args)`` trains runs side by
+    side (`train_grid`, or a cached call of it)."""
+    repeats = [replace(run, seed=seed + k) for run in runs for k in range(1, seeds)]
+    repeated = run_grid(data, repeats, **grid_args) if repeats else []
+    return [repeated[i * (seeds - 1):(i + 1) * (seeds - 1)] for i in range(len(runs))]
+
+
 def rate_then_seeds(run_grid, data, cells, rates, seeds: int, *, seed: int = 0, **grid_args) -> list:
     """The paper's protocol for choosing a learning rate (A.3), on the runs' own terms: for each
     cell, a `Run` with its method, optimizer, dataset and options (its lr and seed ignored),
     train seed ``seed`` at every one of ``rates`` on the very data, architecture and epochs of
-    ``grid_args`` that the cell is then trained with; keep the rate of the best final train
-    accuracy (a diverged run never wins); then train seeds ``seed + 1 .. seed + seeds - 1`` at
-    it. ``run_grid(data, runs, **grid_args)`` trains runs side by side (`train_grid`, or a
-    cached call of it). Returns, per cell in order, (the chosen rate, or None where every rate
-    diverged; [history per seed]; {rate: the sweep's history})."""
+    ``grid_args`` that the cell is then trained with; keep the `best_rate`; then train seeds
+    ``seed + 1 .. seed + seeds - 1`` at it (`other_seeds`). Returns, per cell in order, (the
+    chosen rate, or None where every rate diverged; [history per seed]; {rate: the sweep's
+    history})."""
     if seeds < 1 or not rates:
         raise ValueError(f"need at least one seed and one rate, got {seeds} seeds and rates {rates!r}")
-
-    def at(cell, lr, run_seed):
-        return Run(cell.method, run_seed, lr, cell.optimizer, cell.weight_decay, cell.options,
-                   cell.probe_method, cell.dataset)
-
-    swept = run_grid(data, [at(cell, lr, seed) for cell in cells for lr in rates], **grid_args)
+    swept = run_grid(data, [replace(cell, seed=seed, lr=lr) for cell in cells for lr in rates],
+                     **grid_args)
     sweeps = [dict(zip(rates, swept[i * len(rates):(i + 1) * len(rates)])) for i in range(len(cells))]
-    chosen = []
-    for sweep in sweeps:
-        finite = {lr: final(h) for lr, h in sweep.items() if not math.isnan(final(h))}  # NaN: diverged
-        chosen.append(max(finite, key=finite.get) if finite else None)
+    chosen = [best_rate(sweep) for sweep in sweeps]
     kept = [lr if lr is not None else rates[0] for lr in chosen]
-    repeats = [at(cell, lr, seed + k) for cell, lr in zip(cells, kept) for k in range(1, seeds)]
-    repeated = run_grid(data, repeats, **grid_args) if repeats else []
-    return [(lr, [sweep[keep], *repeated[i * (seeds - 1):(i + 1) * (seeds - 1)]], sweep)
-            for i, (lr, keep, sweep) in enumerate(zip(chosen, kept, sweeps))]
+    repeated = other_seeds(run_grid, data, [replace(cell, seed=seed, lr=lr)
+                                            for cell, lr in zip(cells, kept)],
+                           seeds, seed=seed, **grid_args)
+    return [(lr, [sweep[keep], *more], sweep)
+            for lr, keep, sweep, more in zip(chosen, kept, sweeps, repeated)]

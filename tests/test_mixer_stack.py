@@ -6,6 +6,7 @@ import torch
 
 from gradguess.core.data import Dataset, random_crop_flip, random_crop_flip_each
 from gradguess.core.mixer import LocalMixer
+from gradguess.engine import checkpoints
 from gradguess.engine.mixer_grid import MixerRun, StackedLocalMixer, train_mixer_stack
 from gradguess.engine.training import reference_mixer, train_mixer
 from conftest import HostReads
@@ -157,3 +158,32 @@ def test_a_single_run_is_a_stack_of_one(float64):
     single = train_mixer(float64, method=run.method, local=run.local, augment=run.augment,
                          seed=run.seed, **settings)
     assert_same_history(single, alone(float64, run, **settings))
+
+
+def test_chunks_of_a_stack_are_the_stack(float64, tmp_path):
+    """``max_replicates`` trains the stack's order in chunks, each stored on its own: the same
+    histories as one stack, and with chunks of one, `train_mixer`'s run by run."""
+    runs = [MixerRun(method, local, augment, seed) for (method, local) in CHAPTER
+            for augment, seed in ((False, 0), (True, 1))][::-1]
+    settings = dict(epochs=1, batch_size=12, lr=1e-2, optimizer="adamw", **ARCH)
+    whole = train_mixer_stack(float64, runs, **settings)
+    chunks = []
+
+    def store_call(fn, *args, **kwargs):
+        chunks.append([(run.method, run.local) for run in args[1]])
+        return fn(*args, **kwargs)
+
+    for size in (3, len(runs)):
+        with checkpoints.saving_to(tmp_path / f"{size}.pt", store_call=store_call):
+            chunked = train_mixer_stack(float64, runs, max_replicates=size, **settings)
+        for history, one in zip(chunked, whole):
+            assert_same_history(history, one)
+    assert [len(c) for c in chunks] == [3, 3, 3, 1]  # the stack's order: guesses by method
+    assert [run for c in chunks for run in c][-4:] == [("backprop", True)] * 2 + [("backprop", False)] * 2
+    for run, history in zip(runs, train_mixer_stack(float64, runs, max_replicates=1, **settings)):
+        single = train_mixer(float64, method=run.method, local=run.local, augment=run.augment,
+                             seed=run.seed, **settings)
+        assert {k: v for k, v in history.items() if k != "seconds"} == \
+            {k: v for k, v in single.items() if k != "seconds"}
+    with pytest.raises(ValueError, match="max_replicates"):
+        train_mixer_stack(float64, runs, max_replicates=0, **settings)

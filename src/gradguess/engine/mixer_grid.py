@@ -2,9 +2,10 @@
 
 A LocalMixer step at the book's sizes is a few hundred tiny kernels, so a GPU spends the run
 waiting on launches. `train_mixer_stack` trains R runs (method x local x augmentation x seed)
-of one architecture as the replicates of one `StackedLocalMixer`, whose weights carry a
-leading replicate dimension: every kernel of a step serves all R runs. Replicate r is, number
-for number, the run `training.reference_mixer` makes alone (tests check this in float64):
+of one architecture as the replicates of one stacked `LocalMixer` (`LocalMixer.stack`: the
+mixer's own forward pass, losses and layer connections, on weights with a leading replicate
+dimension): every kernel of a step serves all R runs. Replicate r is, number for number, the
+run `training.reference_mixer` makes alone (tests check this in float64):
 
 - its own initialisation (``torch.manual_seed(seed)`` then a `mixer.LocalMixer`, as
   `reference_mixer`), batch order, augmentation (`data.random_crop_flip_each`) and guesses
@@ -24,8 +25,7 @@ read once at the end of each epoch.
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..core.data import FLIPPABLE
 from ..core.estimators import resolve_estimator
@@ -35,7 +35,7 @@ from ..core.methods import get_method, method_names
 from ..core.mixer import LocalMixer
 from ..core.models import Trace
 from ..core.optimizers import StackedOptimizer
-from . import seeds, stack as engine
+from . import checkpoints, seeds, stack as engine
 from .stack import Job
 
 # Backprop and the activation-space methods with a per-layer guess (the stack draws them from
@@ -53,185 +53,8 @@ class MixerRun:
     seed: int = 0
 
 
-class _Slice:
-    """One layer's weights for a block of replicates (views of the stack's parameters)."""
-
-    def __init__(self, weight: Tensor, bias: Tensor):
-        self.weight, self.bias = weight, bias
-
-
-class _Stacked:
-    """The LocalMixer's forward pass, losses and layer connections (`gradguess.core.mixer`) for R
-    replicates of one architecture: weights ``[R, ...]``, sites ``[R, B, ...]``. Needs
-    ``layers`` (``.weight``, ``.bias``), ``replicates``, ``local`` (R bools), ``local_rows``
-    (the same on the device) and the geometry `_geometry` copies from a LocalMixer."""
-
-    site_dims = {kind: d + 1 for kind, d in LocalMixer.site_dims.items()}  # R and B included
-
-    def _geometry(self, like) -> None:
-        for name in ("patch", "image_size", "tokens", "channels", "groups", "split_losses"):
-            setattr(self, name, getattr(like, name))
-
-    _kind = LocalMixer._kind
-
-    # --- the forward pass ------------------------------------------------------------------
-
-    def patches(self, x: Tensor) -> Tensor:
-        """[R, B, C, H, W] (one batch per replicate) or [B, C, H, W] (one for all) -> [R, B, T, C P P]."""
-        if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
-            raise ValueError(f"LocalMixer was built for {self.image_size}x{self.image_size} images, "
-                             f"got {tuple(x.shape[-2:])}; pad them (gradguess.core.data.pad_images)")
-        if x.dim() == 4:
-            p = F.unfold(x, self.patch, stride=self.patch).transpose(1, 2)
-            return p.expand(self.replicates, *p.shape)
-        p = F.unfold(x.flatten(0, 1), self.patch, stride=self.patch).transpose(1, 2)
-        return p.unflatten(0, x.shape[:2])
-
-    def _site(self, i: int, u: Tensor, perturbations, trace) -> Tensor:
-        layer = self.layers[i]
-        if self._kind(i) == "channel":  # grouped: [R, B, T, G, in] -> [R, B, T, G, out]
-            s = torch.einsum("rbtgi,rgoi->rbtgo", u, layer.weight) + layer.bias[:, None, None]
-        else:                           # [R, ..., in] -> [R, ..., out], one batched matmul
-            flat = u.reshape(u.shape[0], -1, u.shape[-1])
-            s = torch.baddbmm(layer.bias.unsqueeze(1), flat, layer.weight.transpose(1, 2))
-            s = s.view(*u.shape[:-1], s.shape[-1])
-        if trace is not None:
-            trace.record(u, s)
-        if perturbations is not None and perturbations[i] is not None:
-            s = s + perturbations[i]
-        return s
-
-    def _cut(self, h: Tensor) -> Tensor:
-        """The residual stream, detached for the local replicates (`LocalMixer.blocks`)."""
-        if all(self.local):
-            return h.detach()
-        if not any(self.local):
-            return h
-        return torch.where(self.local_rows.view(-1, 1, 1, 1), h.detach(), h)
-
-    def blocks(self, x: Tensor, perturbations=None, trace=None) -> list[tuple[Tensor, Tensor]]:
-        """Every block's output h [R, B, T, D] and its head's logits, as `LocalMixer.blocks`."""
-        h = self._site(0, self.patches(x), perturbations, trace)
-        r, b, t, d = h.shape
-        out = []
-        for i in range(1, len(self.layers), 3):
-            s = self._site(i, F.layer_norm(h, (d,)).transpose(-1, -2), perturbations, trace)
-            h = h + torch.relu(s).transpose(-1, -2)
-            u = F.layer_norm(h, (d,)).reshape(r, b, t, self.groups, d // self.groups)
-            s = self._site(i + 1, u, perturbations, trace)
-            h = h + torch.relu(s).reshape(r, b, t, d)
-            cut = self._cut(h)
-            out.append((h, self._site(i + 2, cut.mean(-2), perturbations, trace)))
-            h = cut
-        return out
-
-    def forward(self, x: Tensor) -> Tensor:
-        """The readout's logits [R, B, classes]."""
-        return self.blocks(x)[-1][1]
-
-    def losses(self, x: Tensor, targets: Tensor, perturbations=None, trace=None):
-        """(readout logits, the block losses summed [R, B] and the slices [R, B, blocks T G]
-        of `LocalMixer.local_losses`); the last two None when no replicate is local."""
-        outs = self.blocks(x, perturbations, trace)
-        if not any(self.local):
-            return outs[-1][1], None, None
-        heads, slices = 0, []
-        r, b = targets.shape
-        for k, (h, logits) in enumerate(outs):
-            heads = heads + cross_entropy_per_example(logits, targets)
-            w = self.layers[3 * k + 3].weight.detach()
-            d_pooled = torch.bmm(error_vector(logits.detach(), targets), w) / self.tokens
-            live = (h - h.detach()) * d_pooled[:, :, None, :]
-            slices.append(live.reshape(r, b, self.tokens, self.groups, -1).sum(-1).flatten(2))
-        return outs[-1][1], heads, torch.cat(slices, -1)
-
-    def per_example_loss(self, x: Tensor, targets: Tensor, trace=None) -> Tensor:
-        """[R, B]: the local replicates' local losses summed, the others' readout loss."""
-        readout, heads, slices = self.losses(x, targets, trace=trace)
-        local = heads + slices.sum(-1) if heads is not None else None
-        if all(self.local):
-            return local
-        end_to_end = cross_entropy_per_example(readout, targets)
-        return end_to_end if local is None else torch.where(self.local_rows[:, None], local, end_to_end)
-
-    def local_scale(self, i: int, derivatives: Tensor) -> Tensor:
-        """`LocalMixer.local_scale` with a leading replicate dimension."""
-        d = derivatives.view(*derivatives.shape[:2], -1, self.tokens, self.groups)
-        kind, block = self._kind(i), max(i - 1, 0) // 3
-        if kind == "channel" and self.split_losses:
-            return d[:, :, block, :, :, None]             # [R, B, T, G, 1]
-        if kind == "token" and self.split_losses:
-            return d[:, :, block].sum(-1)[:, :, None, :]  # [R, B, 1, T]
-        total = d[:, :, block].sum((2, 3))
-        return total.view(*total.shape, *[1] * (self.site_dims[kind] - 2))
-
-    # --- how layers connect, for the guesses (`LocalMixer`'s, stacked) -----------------------
-
-    def successor(self, i: int) -> int | None:
-        return None if self._kind(i) == "head" else i + 1
-
-    def pull_back(self, j: int, v: Tensor, weight: Tensor | None = None) -> Tensor:
-        w = self.layers[j].weight if weight is None else weight
-        kind, (r, b) = self._kind(j), v.shape[:2]
-        if kind == "token":    # v [R, B, D, T] -> [R, B, T, D]
-            return (v @ w.unsqueeze(1)).transpose(-1, -2)
-        if kind == "channel":  # v [R, B, T, G, D/G] -> [R, B, D, T]
-            return torch.einsum("rbtgo,rgoi->rbtgi", v, w).reshape(r, b, self.tokens, -1).transpose(-1, -2)
-        if kind == "head":     # v [R, B, classes] -> [R, B, T, G, D/G], through the token mean
-            back = torch.bmm(v, w) / self.tokens
-            return back[:, :, None, :].repeat(1, 1, self.tokens, 1).reshape(r, b, self.tokens, self.groups, -1)
-        raise ValueError(f"layer {j} (the embedding) has no layer before it")
-
-    def inactive(self, i: int, s: Tensor) -> Tensor:
-        if self._kind(i) in ("token", "channel"):
-            return s <= 0
-        return torch.zeros_like(s, dtype=torch.bool)
-
-    def activation(self, i: int, s: Tensor) -> Tensor:
-        return torch.relu(s) if self._kind(i) in ("token", "channel") else s
-
-
-class _Part(_Stacked):
-    """Replicates ``lo:hi`` of a `StackedLocalMixer`: views of its weights, detached (the
-    optimizer updates them in place, so a detached part made once stays current) or not
-    (for a forward pass that autograd differentiates)."""
-
-    def __init__(self, stack: "StackedLocalMixer", lo: int, hi: int, detach: bool = True):
-        cut = (lambda t: t.detach()[lo:hi]) if detach else (lambda t: t[lo:hi])
-        self.layers = [_Slice(cut(layer.weight), cut(layer.bias)) for layer in stack.layers]
-        self.replicates, self.local, self.local_rows = hi - lo, stack.local[lo:hi], stack.local_rows[lo:hi]
-        self._geometry(stack)
-
-
-class _StackedLayer(nn.Module):
-    def __init__(self, weight: Tensor, bias: Tensor):
-        super().__init__()
-        self.weight, self.bias = nn.Parameter(weight), nn.Parameter(bias)
-
-
-class StackedLocalMixer(_Stacked, nn.Module):
-    """R `LocalMixer`s of one architecture side by side: replicate r starts as ``mixers[r]``
-    (its weights, its ``local`` flag); layer i's weight is ``[R, *mixers[r].layers[i].weight.shape]``."""
-
-    def __init__(self, mixers: list[LocalMixer]):
-        nn.Module.__init__(self)
-        if not mixers:
-            raise ValueError("StackedLocalMixer needs at least one LocalMixer")
-        first = mixers[0]
-        shape = lambda m: ([p.shape for p in m.parameters()], m.patch, m.groups, m.image_size, m.split_losses)
-        if any(shape(m) != shape(first) for m in mixers):
-            raise ValueError("StackedLocalMixer needs LocalMixers of one architecture")
-        self._geometry(first)
-        self.replicates = len(mixers)
-        self.local = tuple(bool(m.local) for m in mixers)
-        self.layers = nn.ModuleList(
-            _StackedLayer(torch.stack([m.layers[i].weight.detach() for m in mixers]),
-                          torch.stack([m.layers[i].bias.detach() for m in mixers]))
-            for i in range(len(first.layers)))
-        self.register_buffer("local_rows", torch.tensor(self.local), persistent=False)
-
-    def part(self, lo: int, hi: int, detach: bool = True) -> _Part:
-        return _Part(self, lo, hi, detach)
+# R LocalMixers side by side: one LocalMixer whose weights carry a leading replicate dimension
+StackedLocalMixer = LocalMixer.stack
 
 
 @torch.no_grad()
@@ -254,7 +77,7 @@ class _Plan:
     replicates take an exact gradient instead of a guess (a local replicate's heads, a method's
     ``exact_last`` layer)."""
 
-    def __init__(self, model: StackedLocalMixer, stack: list[MixerRun], generators):
+    def __init__(self, model: LocalMixer, stack: list[MixerRun], generators):
         methods = [get_method(run.method) for run in stack]
         self.model, self.generators = model, generators
         self.active = sum(m.space == "activations" for m in methods)
@@ -327,12 +150,12 @@ class _Plan:
             trace = Trace()
             if part is not None:  # the guessing replicates: a forward pass, guesses, a JVP
                 with torch.no_grad():
-                    loss = part.per_example_loss(x[lo:hi], targets[lo:hi], trace).mean(-1)
+                    loss = part.per_example_loss(x[lo:hi], targets[lo:hi], trace=trace).mean(-1)
                 grads = self.guessed(x[lo:hi], targets[lo:hi], trace.preactivations)
             else:  # backprop's: the exact dL/ds_i of a forward pass, by one backward pass
                 with torch.enable_grad():
                     part = model.part(lo, hi, detach=False)
-                    loss = part.per_example_loss(x[lo:hi], targets[lo:hi], trace).mean(-1)
+                    loss = part.per_example_loss(x[lo:hi], targets[lo:hi], trace=trace).mean(-1)
                     grads = torch.autograd.grad(loss.sum(), trace.preactivations, materialize_grads=True)
             for i, (layer, x_in, g) in enumerate(zip(model.layers, trace.inputs, grads)):
                 _write_grad(layer, model._kind(i), x_in.detach(), g, lo, hi)
@@ -367,7 +190,8 @@ def _runs(runs) -> list[MixerRun]:
 
 
 def train_mixer_stack(data, runs, *, epochs: int, batch_size: int = 128, lr: float = 1e-2,
-                      optimizer: str = "adamw", **architecture) -> list[dict]:
+                      optimizer: str = "adamw", max_replicates: int | None = None,
+                      **architecture) -> list[dict]:
     """Train the LocalMixer ``runs`` (`MixerRun`s: method, local, augment, seed) side by side.
 
     Returns, in the order of ``runs``, the history ``reference_mixer(data, method=..., local=...,
@@ -377,16 +201,32 @@ def train_mixer_stack(data, runs, *, epochs: int, batch_size: int = 128, lr: flo
     ``seconds`` the stack's wall time. The runs share ``architecture`` (`LocalMixer`'s
     keywords), the optimizer and its learning rate. Methods: backprop and the activation-space
     guesses (`STACKABLE`), each in the global mode of the reference estimator. The run is
-    checkpointed after every epoch and resumes from a saved state (`checkpoints`).
+    checkpointed after every epoch and resumes from a saved state (`checkpoints`). With
+    ``max_replicates``, consecutive chunks of the stack's order of at most that many runs each
+    are trained one after another, each stored on its own (`checkpoints.chunk`), to bound
+    memory; each replicate is still the run it is alone.
     """
     runs = _runs(runs)
+    if max_replicates is not None and (not isinstance(max_replicates, int)
+                                       or isinstance(max_replicates, bool) or max_replicates < 1):
+        raise ValueError(f"max_replicates must be an integer >= 1 or None, got {max_replicates!r}")
     if "local" in architecture:
         raise TypeError("local is set per run (MixerRun.local), not in the architecture")
     engine.check_schedule("epochs", epochs)
-    n, device = len(data.train_y), data.train_x.device
-    engine.check_batch_size(batch_size, n)
     # the guessing replicates grouped by method, then backprop's
     order = engine.stack_order(runs, lambda run: (run.method,))
+    if max_replicates is not None and len(runs) > max_replicates:
+        result = [None] * len(runs)
+        for lo in range(0, len(order), max_replicates):
+            part = order[lo:lo + max_replicates]
+            histories = checkpoints.chunk(
+                train_mixer_stack, data, [runs[r] for r in part], epochs=epochs,
+                batch_size=batch_size, lr=lr, optimizer=optimizer, **architecture)
+            for r, history in zip(part, histories):
+                result[r] = history
+        return result
+    n, device = len(data.train_y), data.train_x.device
+    engine.check_batch_size(batch_size, n)
     stack = [runs[r] for r in order]
     model, estimators = _stacked_model(data, stack, architecture)
     guesses = [seeds.guesses(run.seed, device) for run in stack]
@@ -420,7 +260,7 @@ def _stacked_model(data, stack: list[MixerRun], architecture: dict):
                          f"(gradguess.core.data.pad_images)")
     estimators = [resolve_estimator("auto", m, run.method, "global", {})
                   for m, run in zip(mixers, stack)]
-    model = StackedLocalMixer(mixers).to(data.train_x.device)
+    model = LocalMixer.stack(mixers).to(data.train_x.device)
     for p in model.parameters():  # every step writes every replicate's slice
         p.grad = torch.zeros_like(p)
     return model, estimators

@@ -7,11 +7,16 @@ import torch
 from tqdm import tqdm
 
 from ..core.estimators import backprop_gradient, estimate_gradient
+from ..core.guesses import powered_weights
 from ..core.metrics import effective_rank, replicate_cosines
 from ..core.methods import get_method
+from ..core.mixer import LocalMixer
 from ..core.models import MLP, StackedMLP
 from ..core.probes import probe
 from . import seeds
+from .grid import Run, stackable, train_stack
+from .mixer_grid import STACKABLE, MixerRun, train_mixer_stack
+from .prompt_stack import tune_prompt_stack
 from .reference import endless_batches, start_run, train, train_prompts
 from .stack import accuracy
 
@@ -34,8 +39,6 @@ def train_mlp(data, *, depth: int, width: int, method: str, seed: int = 0,
     (`probe` on the first ``probe_examples`` training images, ``probe_repeats`` guesses of
     ``probe_method``, default the run's own method, from `seeds.mlp_probes`).
     """
-    from .grid import Run, stackable, train_stack
-
     probing = {"probe_examples": probe_examples, "probe_method": probe_method,
                "probe_repeats": probe_repeats}
     if not stackable(get_method(method)) or set(options) - _STACK_TAKES - set(_STACK_RUNS) \
@@ -72,8 +75,6 @@ def train_mixer(data, *, method: str, local: bool, epochs: int, seed: int = 0,
     """One LocalMixer run (`gradguess.core.mixer.LocalMixer`, ``architecture`` its keywords:
     patch, channels, blocks, groups, ...), initialised from ``seed``: a stack of one
     (`mixer_grid.train_mixer_stack`) for the methods the stack runs, else `reference_mixer`."""
-    from .mixer_grid import STACKABLE, MixerRun, train_mixer_stack
-
     settings = {"epochs": epochs, "optimizer": optimizer, "lr": lr, "batch_size": batch_size}
     if method not in STACKABLE:
         return reference_mixer(data, method=method, local=local, seed=seed, augment=augment,
@@ -87,8 +88,6 @@ def reference_mixer(data, *, method: str, local: bool, epochs: int, seed: int = 
                     batch_size: int = 128, **architecture) -> dict:
     """`train_mixer` by the reference loop: a LocalMixer initialised from ``seed``, trained by
     `train`."""
-    from ..core.mixer import LocalMixer
-
     torch.manual_seed(seed)
     model = LocalMixer(data.train_x.shape[1], data.num_classes, local=local, **architecture)
     return train(model.to(data.train_x.device), data, method, epochs=epochs, optimizer=optimizer,
@@ -101,8 +100,6 @@ def train_singular_powers(data, *, powers, depth: int, width: int, steps: int, l
     """Fig. 4: one `StackedMLP` replicate per entry of ``powers`` (repeat a p for several
     replicates), each trained with W^T guesses whose singular values are raised to its p,
     by `train_replicates`; the SVDs are refreshed every ``svd_every`` steps."""
-    from ..core.guesses import powered_weights
-
     powers = list(powers)
     torch.manual_seed(seed)
     model = StackedMLP(data.in_features, width, depth, data.num_classes, replicates=len(powers))
@@ -191,8 +188,6 @@ def tune_prompts(backbone, data, method: str, *, prompts: int, seed: int = 0,
     """One prompt-tuning run: ``prompts`` prompt tokens and a new head on the frozen
     ``backbone``, initialised from ``seed``, trained as a stack of one
     (`prompt_stack.tune_prompt_stack`, ``options`` its keywords)."""
-    from .prompt_stack import tune_prompt_stack
-
     return tune_prompt_stack(backbone, data, [(method, seed)], prompts=prompts, **options)[0]
 
 

@@ -1,13 +1,13 @@
 """The package's layout as the README states it: every module listed under its layer, and
 every import of a package module, lazy ones (inside a function) included, from a layer before
 its own or from a module listed above it in its own layer (no cycles, no upward imports)."""
-import ast
 import re
 from pathlib import Path
 
 import pytest
 
 import gradguess
+from gradguess.book import store
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = Path(gradguess.__file__).parent
@@ -28,38 +28,16 @@ def readme_layout() -> list[tuple[str, str]]:
 
 
 def package_modules() -> set[str]:
-    return {p.relative_to(PACKAGE).with_suffix("").as_posix().replace("/", ".")
-            for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+    """Every module of the package but its packages' ``__init__``, as ``layer.module``."""
+    return {name.removeprefix("gradguess.") for name in store.package_modules()
+            if not store.module_path(name).name == "__init__.py"}
 
 
 def imported_modules(source: str, own: str) -> set[str]:
     """The package modules (``layer.module``) that ``source`` (module ``own``) imports,
-    anywhere in it."""
-    modules, found = package_modules(), set()
-    own_package = own.split(".")[:-1]
-
-    def add(dotted: str, names=()):
-        for candidate in [f"{dotted}.{n}" for n in names] + [dotted]:
-            if candidate in modules:
-                found.add(candidate)
-                return
-
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = own_package[:len(own_package) - (node.level - 1)]
-                dotted = ".".join(base + ([node.module] if node.module else []))
-            elif (node.module or "").startswith("gradguess."):
-                dotted = node.module.removeprefix("gradguess.")
-            else:
-                continue
-            for alias in node.names:
-                add(dotted, [alias.name])
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.startswith("gradguess."):
-                    add(alias.name.removeprefix("gradguess."))
-    return found - {own}
+    anywhere in it: the run store's scan (`store.imported_by`), packages left out."""
+    return {name.removeprefix("gradguess.")
+            for name in store.imported_by(source, f"gradguess.{own}")} & package_modules() - {own}
 
 
 def test_the_readme_lists_every_module_under_its_layer():

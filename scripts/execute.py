@@ -176,6 +176,9 @@ def main():
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dataset", default=None, help="default: each chapter's own")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compile", choices=["auto", "on", "off"], default=None,
+                        help="compile the stacks' steps (sets GRADGUESS_COMPILE; default auto: "
+                             "on a GPU, not on a CPU)")
     parser.add_argument("--small-executions", action="store_true",
                         help="print the committed small-scale executions (what CI re-executes)")
     parser.add_argument("--promote-only", action="store_true",
@@ -184,6 +187,8 @@ def main():
     if args.small_executions:
         print(" ".join(str(path.relative_to(ROOT)) for path in small_executions()))
         return
+    if args.compile:
+        os.environ["GRADGUESS_COMPILE"] = args.compile
     names = chapters() if args.all else args.chapters
     unknown = sorted(set(names) - set(chapters()))
     if unknown or not names:

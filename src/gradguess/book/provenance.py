@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..engine import step
 from .store import imported_by, reach_fingerprint, reach_of
 
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -115,6 +116,7 @@ def provenance(*, scale: str, device: torch.device, dataset: str, data_source: s
         "seed": seed,
         "float32 matmuls": ("TF32" if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
                             else "full float32"),
+        "compiled step": _compiled(device),
         "git commit": git_commit(),
         "source fingerprint": source_fingerprint(chapter) if chapter else "–",
         "python": platform.python_version(),
@@ -125,6 +127,15 @@ def provenance(*, scale: str, device: torch.device, dataset: str, data_source: s
         "wall time": f"{time.perf_counter() - started:.0f} s",
     }
     return record
+
+
+def _compiled(device: torch.device) -> str:
+    """Whether the stacks' steps ran compiled (`engine.step`), and the time spent compiling."""
+    mode = step.setting()
+    if not step.compiles(device):
+        return f"no, eager (GRADGUESS_COMPILE={mode})"
+    how = "torch.compile with CUDA graphs" if device.type == "cuda" else "torch.compile"
+    return f"yes, {how} (GRADGUESS_COMPILE={mode}), {step.compile_seconds():.0f} s compiling"
 
 
 def _setting(name: str, value, device: torch.device) -> str:

@@ -2,8 +2,8 @@
 
 A scale is a name for how much of each experiment to run: ``small`` fits a 2-core CPU in
 minutes; ``gpu`` runs the paper's architectures on full data with fewer epochs, the whole book
-in about 12 minutes on one H100 by the estimate of ``benchmarks/gpu_estimate.py`` (not yet
-measured); ``paper`` follows the paper's protocol and wants a GPU for hours. What each scale means for a
+in one 10-minute call on one H100 with compiled steps by the estimate of
+``benchmarks/gpu_estimate.py`` (not yet measured); ``paper`` follows the paper's protocol and wants a GPU for hours. What each scale means for a
 chapter, in numbers, is that chapter's settings (`gradguess.book.settings`). The environment variable
 ``GRADGUESS_SCALE`` overrides the scale a chapter asks for (CI sets it to ``small``), and
 ``GRADGUESS_DEVICE`` the device.
@@ -22,7 +22,7 @@ class Scale:
 
 SCALES = {
     "small": Scale("small", "2-core CPU, minutes: subsets, few epochs, narrow MLPs"),
-    "gpu": Scale("gpu", "one H100, the whole book in about 12 minutes (estimated): the paper's "
+    "gpu": Scale("gpu", "one H100, the whole book in under 10 minutes (estimated): the paper's "
                         "architectures on full data, >= 3 seeds, a few epochs"),
     "paper": Scale("paper", "the paper's protocol on a GPU: full data, (3|6) x (128|1024) MLPs"),
 }

@@ -22,7 +22,9 @@ computed once. The key is built from the call, never typed by hand (`call_key`):
 - ``torch``: torch's version;
 - ``device``: the device type the call runs on (`call_device`): its ``device`` argument
   ("auto": cuda where present), else the device of every tensor, network and dataset among
-  its arguments (in lists, dicts and dataclasses too; "cpu+cuda" if they differ), else "cpu".
+  its arguments (in lists, dicts and dataclasses too; "cpu+cuda" if they differ), else "cpu";
+- ``step``: whether the engine's steps run compiled there (`engine.step.compiles`: a compiled
+  run differs from an eager one by float rounding).
 
 Where a result is kept:
 
@@ -61,7 +63,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..engine import checkpoints
+from ..engine import checkpoints, step
 
 PACKAGE = __name__.split(".")[0]
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -353,9 +355,11 @@ def call_key(fn: Callable, args: tuple, kwargs: dict) -> dict:
     call = key_of(fn, frozenset(), modules)
     arguments = {k: key_of(v, frozenset(), modules) for k, v in bound.arguments.items()}
     reached = reach_of(modules)
+    device = call_device(bound.arguments)
     return {"call": call, "arguments": arguments,
             "code": {"modules": reached, "fingerprint": reach_fingerprint(reached)},
-            "torch": torch.__version__, "device": call_device(bound.arguments)}
+            "torch": torch.__version__, "device": device,
+            "step": "compiled" if step.compiles(device) else "eager"}
 
 
 def key_hash(key: dict) -> str:

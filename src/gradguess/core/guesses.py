@@ -21,6 +21,7 @@ import math
 import torch
 from torch import Tensor
 
+from .draws import Taped
 from .losses import error_vector
 from .models import activation, inactive, pull_back, successor
 
@@ -37,7 +38,13 @@ class ReplicateGenerators(tuple):
 
 
 def _random(sample, shape, generator, like: Tensor) -> Tensor:
-    """``sample`` (torch.randn or torch.rand) of ``shape``, per replicate for `ReplicateGenerators`."""
+    """``sample`` (torch.randn or torch.rand) of ``shape``, per replicate for `ReplicateGenerators`;
+    through the `draws.Tape` of a compiled step for its `draws.Taped` stand-ins."""
+    if isinstance(generator, Taped):
+        return generator.tape.take(sample, shape, like, (generator.index,), stacked=False)
+    if isinstance(generator, ReplicateGenerators) and isinstance(generator[0], Taped):
+        return generator[0].tape.take(sample, shape[1:], like, tuple(g.index for g in generator),
+                                      stacked=True)
     if isinstance(generator, ReplicateGenerators):
         return torch.stack([sample(shape[1:], generator=g, device=like.device, dtype=like.dtype)
                             for g in generator])
@@ -351,7 +358,7 @@ def matched_cosine_guess(params: list[Tensor], generator, true_grads: list[Tenso
 
 def _normal_prompts(model, shape, generator) -> Tensor:
     p = model.prompts
-    return torch.randn(shape, generator=generator, device=p.device, dtype=p.dtype)
+    return _random(torch.randn, shape, generator, p)
 
 
 def directional_prompt_guess(model, batch: int, generator) -> Tensor:

@@ -34,10 +34,10 @@ class StackedOptimizer:
     exactly as `make_optimizer(name[r], [that replicate's slice], lr[r], weight_decay[r])` would
     step it alone. ``name`` is one optimizer for every replicate or one per replicate; each
     block of consecutive replicates of one optimizer is a segment ``(name, lo, hi)`` (see
-    ``segments``) whose update runs on the views ``p[lo:hi]``, ``p.grad[lo:hi]`` with its own
-    state, so a stack of one optimizer keeps one whole-tensor update per parameter and a
-    mixed stack pays one update per segment. With g the gradient, t the step, lr and wd
-    replicate r's values:
+    ``segments``) with its own state, updated on the views ``p[lo:hi]``, ``p.grad[lo:hi]``.
+    One step updates every parameter and every segment of an optimizer together, in one set of
+    ``torch._foreach_*`` calls (a stack of one optimizer keeps whole tensors, no views). With g
+    the gradient, t the step, lr and wd replicate r's values:
 
     - adamw (torch defaults b1 0.9, b2 0.999, eps 1e-8): p <- p (1 - lr wd);
       m <- b1 m + (1-b1) g; v <- b2 v + (1-b2) g^2;
@@ -52,8 +52,10 @@ class StackedOptimizer:
       optimi pools rms over the whole tensor; here it is pooled over each replicate's slice.
       t counts calls of `step` (optimi counts steps per parameter group).
 
-    Replicates never mix: every reduction is per replicate, so a NaN in one replicate's gradient
-    leaves the others' updates untouched. `step` makes no host synchronisation."""
+    t is a float64 tensor on the parameters' device, so that a step is the same computation
+    every time (a compiled step does not specialise on it). Replicates never mix: every
+    reduction is per replicate, so a NaN in one replicate's gradient leaves the others' updates
+    untouched. `step` makes no host synchronisation."""
 
     def __init__(self, params, name, lr, weight_decay=0.0, momentum: float = 0.9):
         names = [name] if isinstance(name, str) else list(name)
@@ -88,15 +90,16 @@ class StackedOptimizer:
                              f"got {weight_decay.tolist()}")
         # known on the host: a segment whose weight decays are all 0 skips the work
         decays = (weight_decay != 0).tolist()
-        self.decay = [any(decays[lo:hi]) for _, lo, hi in self.segments]
-        # per parameter and segment, on its device and dtype, shaped [hi - lo, 1, ...] to
-        # broadcast against the parameter's segment
-        self.lr = [[self._broadcast(lr[lo:hi], p) for _, lo, hi in self.segments]
-                   for p in self.params]
-        self.weight_decay = [[self._broadcast(weight_decay[lo:hi], p)
-                              for _, lo, hi in self.segments] for p in self.params]
+        # one piece per parameter and segment, grouped by optimizer: its lr and wd on the
+        # parameter's device and dtype, shaped [hi - lo, 1, ...] to broadcast against its slice
+        self.pieces = {}
+        for k, p in enumerate(self.params):
+            for s, (n, lo, hi) in enumerate(self.segments):
+                self.pieces.setdefault(n, []).append(_Piece(
+                    k, s, lo, hi, self._broadcast(lr[lo:hi], p),
+                    self._broadcast(weight_decay[lo:hi], p), any(decays[lo:hi])))
         self.state = [[{} for _ in self.segments] for _ in self.params]
-        self.steps = 0  # calls of step(); optimi's step counter is per group, torch's per parameter
+        self.t = torch.zeros((), dtype=torch.float64, device=self.params[0].device)  # steps
 
     def _per_replicate(self, what: str, value) -> torch.Tensor:
         """One value or R values as a float64 host tensor of R values (validation happens here,
@@ -113,13 +116,19 @@ class StackedOptimizer:
     def _broadcast(values: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         return values.to(device=p.device, dtype=p.dtype).view(-1, *[1] * (p.dim() - 1))
 
+    @property
+    def steps(self) -> int:
+        """Calls of `step` so far (read from the device)."""
+        return int(self.t)
+
     def state_dict(self) -> dict:
-        """The moments and step counts (a checkpoint's share): tensors of the parameters' devices."""
-        return {"state": self.state, "steps": self.steps}
+        """The moments and the step count (a checkpoint's share): tensors of the parameters'
+        devices."""
+        return {"state": self.state, "t": self.t}
 
     def load_state_dict(self, saved: dict) -> None:
         """Continue from `state_dict`'s ``saved``, each tensor moved to its parameter's device."""
-        self.steps = saved["steps"]
+        self.t.copy_(saved["t"])
         self.state = [[{k: v.to(p.device) if torch.is_tensor(v) else v for k, v in s.items()}
                        for s in row] for p, row in zip(self.params, saved["state"])]
 
@@ -129,64 +138,96 @@ class StackedOptimizer:
 
     @torch.no_grad()
     def step(self) -> None:
-        self.steps += 1
+        self.t += 1
         whole = len(self.segments) == 1  # one optimizer: the whole tensors, no slicing
-        for p, lrs, wds, states in zip(self.params, self.lr, self.weight_decay, self.state):
-            if p.grad is None:
+        for name, pieces in self.pieces.items():
+            pieces = [piece for piece in pieces if self.params[piece.k].grad is not None]
+            if not pieces:
                 continue
-            for (name, lo, hi), lr, wd, decay, state in zip(self.segments, lrs, wds, self.decay,
-                                                             states):
-                state["step"] = state.get("step", 0) + 1
-                if whole:
-                    getattr(self, f"_{name}")(p, p.grad, lr, wd, decay, state)
-                else:
-                    getattr(self, f"_{name}")(p[lo:hi], p.grad[lo:hi], lr, wd, decay, state)
+            p, g = [], []
+            for piece in pieces:
+                param = self.params[piece.k]
+                p.append(param if whole else param[piece.lo:piece.hi])
+                g.append(param.grad if whole else param.grad[piece.lo:piece.hi])
+            states = [self.state[piece.k][piece.s] for piece in pieces]
+            getattr(self, f"_{name}")(pieces, p, g, states)
 
     @staticmethod
-    def _moments(p, state):
+    def _moments(p, states):
         """The first and second moments, zero until a parameter's first step."""
-        if "exp_avg" not in state:
-            state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
-        return state["exp_avg"], state["exp_avg_sq"]
+        for param, state in zip(p, states):
+            if "exp_avg" not in state:
+                state["exp_avg"], state["exp_avg_sq"] = (torch.zeros_like(param),
+                                                         torch.zeros_like(param))
+        return [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
 
-    def _adamw(self, p, g, lr, wd, decay, state, betas=(0.9, 0.999), eps=1e-8):
-        """torch.optim.AdamW's single-tensor step with a per-replicate lr and wd."""
-        b1, b2, t = *betas, state["step"]
-        m, v = self._moments(p, state)
-        if decay:
-            p.mul_(1 - lr * wd)  # decoupled: before the moments, as torch does
-        m.lerp_(g, 1 - b1)
-        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+    @staticmethod
+    def _decay(pieces, p, factors):
+        """p <- p * factor for the pieces with weight decay."""
+        decayed = [(param, f) for piece, param, f in zip(pieces, p, factors) if piece.decay]
+        if decayed:
+            torch._foreach_mul_(*map(list, zip(*decayed)))
+
+    def _adamw(self, pieces, p, g, states, betas=(0.9, 0.999), eps=1e-8):
+        """torch.optim.AdamW's step with a per-replicate lr and wd."""
+        b1, b2, t = *betas, self.t
+        m, v = self._moments(p, states)
+        # decoupled: before the moments, as torch does
+        self._decay(pieces, p, [1 - piece.lr * piece.wd for piece in pieces])
+        torch._foreach_lerp_(m, g, 1 - b1)
+        torch._foreach_mul_(v, b2)
+        torch._foreach_addcmul_(v, g, g, value=1 - b2)
         # addcdiv_ takes only a scalar step, so the per-replicate step size divides the denominator
-        denom = v.sqrt().div_((1 - b2 ** t) ** 0.5).add_(eps).div_(lr / (1 - b1 ** t))
-        p.addcdiv_(m, denom, value=-1)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_div_(denom, (1 - b2 ** t) ** 0.5)
+        torch._foreach_add_(denom, eps)
+        torch._foreach_div_(denom, [piece.lr / (1 - b1 ** t) for piece in pieces])
+        torch._foreach_addcdiv_(p, m, denom, value=-1)
 
-    def _sgd(self, p, g, lr, wd, decay, state, momentum: bool = False):
-        """torch.optim.SGD's single-tensor step (dampening 0, no Nesterov)."""
-        if decay:
-            g = torch.addcmul(g, p, wd)  # coupled: weight decay is part of the gradient
+    def _sgd(self, pieces, p, g, states, momentum: bool = False):
+        """torch.optim.SGD's step (dampening 0, no Nesterov)."""
+        # coupled: weight decay is part of the gradient
+        g = [torch.addcmul(grad, param, piece.wd) if piece.decay else grad
+             for piece, param, grad in zip(pieces, p, g)]
         if momentum:
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = g.clone()  # torch's first step: buffer = gradient
+            if "momentum_buffer" not in states[0]:
+                for state, grad in zip(states, g):  # torch's first step: buffer = gradient
+                    state["momentum_buffer"] = grad.clone()
             else:
-                state["momentum_buffer"].mul_(self.momentum).add_(g)
-            g = state["momentum_buffer"]
-        p.addcmul_(g, lr, value=-1)
+                buffers = [state["momentum_buffer"] for state in states]
+                torch._foreach_mul_(buffers, self.momentum)
+                torch._foreach_add_(buffers, g)
+            g = [state["momentum_buffer"] for state in states]
+        torch._foreach_addcmul_(p, g, [piece.lr for piece in pieces], value=-1)
 
-    def _sgd_momentum(self, p, g, lr, wd, decay, state):
-        self._sgd(p, g, lr, wd, decay, state, momentum=True)
+    def _sgd_momentum(self, pieces, p, g, states):
+        self._sgd(pieces, p, g, states, momentum=True)
 
-    def _stable_adamw(self, p, g, lr, wd, decay, state, betas=(0.9, 0.99), eps=1e-6):
+    def _stable_adamw(self, pieces, p, g, states, betas=(0.9, 0.99), eps=1e-6):
         """optimi's StableAdamW (`_single_param_stableadamw`, its defaults), RMS per replicate."""
-        t = self.steps
+        t = self.t
         b1_hat, b2_hat = ((b ** t - b) / (b ** t - 1) for b in betas)  # optimi's debias_beta
-        m, v = self._moments(p, state)
-        m.lerp_(g, 1 - b1_hat)
-        v.mul_(b2_hat).addcmul_(g, g, value=1 - b2_hat)
-        rms = g.square().div_(v.clamp(min=eps ** 2)).reshape(len(p), -1).mean(1).sqrt()
-        rms = rms.view_as(lr)
-        # optimi's Python max(1, rms): 1 unless rms > 1, so a NaN rms leaves lr as it is
-        lr = lr / torch.where(rms > 1, rms, 1.0)
-        if decay:
-            p.mul_(1 - lr * wd)  # optimi's default: decoupled, scaled by the clipped lr
-        p.addcdiv_(m, v.sqrt().add_(eps).div_(lr), value=-1)
+        m, v = self._moments(p, states)
+        torch._foreach_lerp_(m, g, [(1 - b1_hat).to(m[0].dtype)] * len(m))
+        torch._foreach_mul_(v, b2_hat)
+        torch._foreach_addcmul_(v, torch._foreach_mul(g, 1 - b2_hat), g)
+        lrs = []
+        for piece, grad, second in zip(pieces, g, v):
+            rms = grad.square().div_(second.clamp(min=eps ** 2)).reshape(len(grad), -1)
+            rms = rms.mean(1).sqrt().view_as(piece.lr)
+            # optimi's Python max(1, rms): 1 unless rms > 1, so a NaN rms leaves lr as it is
+            lrs.append(piece.lr / torch.where(rms > 1, rms, 1.0))
+        # optimi's default: decoupled, scaled by the clipped lr
+        self._decay(pieces, p, [1 - lr * piece.wd for piece, lr in zip(pieces, lrs)])
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_add_(denom, eps)
+        torch._foreach_div_(denom, lrs)
+        torch._foreach_addcdiv_(p, m, denom, value=-1)
+
+
+class _Piece:
+    """One parameter's (``k``) share of one segment (``s``, replicates lo:hi) of an optimizer."""
+
+    def __init__(self, k, s, lo, hi, lr, wd, decay):
+        self.k, self.s, self.lo, self.hi = k, s, lo, hi
+        self.lr, self.wd, self.decay = lr, wd, decay

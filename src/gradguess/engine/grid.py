@@ -317,7 +317,7 @@ def train_stack(data, runs, *, depth: int, width: int, epochs: int, batch_size: 
     job = Job(stack, order, list(model.parameters()), StackedOptimizer(
                   model.parameters(), [r.optimizer for r in stack], [r.lr for r in stack],
                   [r.weight_decay for r in stack]),
-              step=lambda x, y: stacked_step(model, x, y, groups, guesses),
+              step=lambda x, y, generators: stacked_step(model, x, y, groups, generators),
               record=engine.epoch_recorder(lambda: _accuracies(model, datasets, index)),
               histories=[engine.new_history() for _ in stack],
               train_x=_end_to_end([d.train_x.flatten(1) for d in datasets]),

@@ -77,9 +77,9 @@ class _Plan:
     replicates take an exact gradient instead of a guess (a local replicate's heads, a method's
     ``exact_last`` layer)."""
 
-    def __init__(self, model: LocalMixer, stack: list[MixerRun], generators):
+    def __init__(self, model: LocalMixer, stack: list[MixerRun]):
         methods = [get_method(run.method) for run in stack]
-        self.model, self.generators = model, generators
+        self.model = model
         self.active = sum(m.space == "activations" for m in methods)
         self.groups, lo = [], 0  # (method, its part of the stack, lo, hi)
         for r in range(1, self.active + 1):
@@ -96,7 +96,7 @@ class _Plan:
                               else torch.tensor(rows, device=device))
 
     @torch.no_grad()
-    def guessed(self, x: Tensor, targets: Tensor, pre: list[Tensor]) -> list[Tensor]:
+    def guessed(self, x: Tensor, targets: Tensor, pre: list[Tensor], generators) -> list[Tensor]:
         """dL/ds_i of the guessing replicates, as the reference estimator's global mode
         (`estimators._activation_space_step`): guesses y_i, one JVP of every replicate's
         losses (local slices, or the readout's loss) along them, (derivative) y_i / B."""
@@ -104,7 +104,7 @@ class _Plan:
         ys = [[] for _ in range(n)]
         for method, view, lo, hi in self.groups:
             options = {"targets": targets[lo:hi]} if method.needs_targets else {}
-            rng = ReplicateGenerators(self.generators[lo:hi])
+            rng = ReplicateGenerators(generators[lo:hi])
             group_pre = [s[lo:hi] for s in pre]
             for i in range(n):  # layer after layer: each replicate draws as its run draws
                 ys[i].append(method.guess_at(view, group_pre, i, rng, **options))
@@ -141,26 +141,37 @@ class _Plan:
             grads.append(g / batch)
         return grads
 
-    def step(self, x: Tensor, targets: Tensor) -> Tensor:
-        """Write every replicate's gradient into ``.grad``; return each replicate's batch loss."""
+    def step(self, x: Tensor, targets: Tensor, generators) -> Tensor:
+        """Write every replicate's gradient into ``.grad``, each replicate's guesses from its
+        generator in ``generators``; return each replicate's batch loss."""
         model, a, losses = self.model, self.active, []
         for part, lo, hi in ((self.guessing, 0, a), (None, a, model.replicates)):
             if lo == hi:
                 continue
-            trace = Trace()
             if part is not None:  # the guessing replicates: a forward pass, guesses, a JVP
+                trace = Trace()
                 with torch.no_grad():
                     loss = part.per_example_loss(x[lo:hi], targets[lo:hi], trace=trace).mean(-1)
-                grads = self.guessed(x[lo:hi], targets[lo:hi], trace.preactivations)
+                grads = self.guessed(x[lo:hi], targets[lo:hi], trace.preactivations, generators)
             else:  # backprop's: the exact dL/ds_i of a forward pass, by one backward pass
-                with torch.enable_grad():
-                    part = model.part(lo, hi, detach=False)
-                    loss = part.per_example_loss(x[lo:hi], targets[lo:hi], trace=trace).mean(-1)
-                    grads = torch.autograd.grad(loss.sum(), trace.preactivations, materialize_grads=True)
+                loss, trace, grads = _backprop(model, x, targets, lo, hi)
             for i, (layer, x_in, g) in enumerate(zip(model.layers, trace.inputs, grads)):
                 _write_grad(layer, model._kind(i), x_in.detach(), g, lo, hi)
             losses.append(loss.detach())
         return torch.cat(losses) if len(losses) > 1 else losses[0]
+
+
+# Eager inside a compiled step (`step.Step`): a compiled torch.autograd.grad with respect to
+# intermediate tensors returns zeros in torch 2.14 (the test_compiled_step tests catch it).
+@torch.compiler.disable
+def _backprop(model: LocalMixer, x: Tensor, targets: Tensor, lo: int, hi: int):
+    """Replicates lo:hi's batch loss, forward trace and exact dL/ds_i (one backward pass)."""
+    trace = Trace()
+    with torch.enable_grad():
+        part = model.part(lo, hi, detach=False)
+        loss = part.per_example_loss(x[lo:hi], targets[lo:hi], trace=trace).mean(-1)
+        grads = torch.autograd.grad(loss.sum(), trace.preactivations, materialize_grads=True)
+    return loss, trace, grads
 
 
 def _runs(runs) -> list[MixerRun]:
@@ -230,7 +241,7 @@ def train_mixer_stack(data, runs, *, epochs: int, batch_size: int = 128, lr: flo
     stack = [runs[r] for r in order]
     model, estimators = _stacked_model(data, stack, architecture)
     guesses = [seeds.guesses(run.seed, device) for run in stack]
-    plan = _Plan(model, stack, guesses)
+    plan = _Plan(model, stack)
     job = Job(stack, order, list(model.parameters()), StackedOptimizer(model.parameters(),
                                                                        optimizer, lr),
               step=plan.step, record=engine.epoch_recorder(lambda: _accuracies(model, data)),

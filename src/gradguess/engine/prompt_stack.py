@@ -58,8 +58,8 @@ def tune_prompt_stack(backbone, data, methods_and_seeds, *, prompts: int, steps:
     probes = [seeds.prompt_probes(run.seed, device) for run in stack]
     observer = _Observer(models, stacked, data, batch_size, methods, probes, cosine_repeats)
     job = Job(stack, order, stacked, StackedOptimizer(stacked, optimizer, lr),
-              step=lambda x, y: estimate_stacked_prompt_gradients(models[0], *stacked, x, y,
-                                                                   methods, guesses),
+              step=lambda x, y, generators: estimate_stacked_prompt_gradients(
+                  models[0], *stacked, x, y, methods, generators),
               record=_record, observe=observer.observe,
               histories=[{"step": [], "test_acc": [], "cosine": [], "train_loss": [],
                           "diverged": False} for _ in stack],

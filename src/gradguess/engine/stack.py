@@ -28,6 +28,7 @@ from ..core.data import random_crop_flip_each
 from ..core.methods import get_method
 from ..core.optimizers import StackedOptimizer
 from . import checkpoints, seeds
+from .step import Step
 
 
 @dataclass
@@ -37,7 +38,8 @@ class Job:
     order: list[int]  # stack position -> the run's index in the caller's list
     params: list[Tensor]  # the replicates' weights, [R, ...]
     optimizer: StackedOptimizer
-    step: Callable  # (x [R, B, ...], targets [R, B]) -> batch loss [R], gradients in .grad
+    step: Callable  # (x [R, B, ...], targets [R, B], generators) -> batch loss [R], gradients
+    #                 in .grad; ``generators``: the guess generators (or a compiled step's stand-ins)
     record: Callable  # (histories, Tracker) at a read back -> stack positions still going
     histories: list[dict]
     train_x: Tensor  # one training set, or several end to end (see ``offset``)
@@ -46,7 +48,8 @@ class Job:
     steps: int
     every: int  # steps between read backs
     observe: Callable = lambda histories, positions, step: None  # also at step 0
-    generators: dict = field(default_factory=dict)  # name -> one per replicate (checkpointed)
+    generators: dict = field(default_factory=dict)  # name -> one per replicate (checkpointed);
+    #                                                  the step draws from "guesses"
     n: int | None = None  # training examples per run (default: all of train_y)
     offset: Tensor | None = None  # [R, 1]: where each replicate's training set starts
     augment: tuple = ()  # stack positions whose batches are randomly cropped and flipped
@@ -66,13 +69,11 @@ class Tracker:
         self.diverged = torch.zeros(replicates, dtype=torch.bool, device=device)
         self.diverged_at = torch.zeros(replicates, dtype=torch.long, device=device)
 
-    def track(self, loss: Tensor, params) -> None:
-        """After a step: its losses, and whether a loss or a weight turned non-finite."""
+    def track(self, loss: Tensor, bad: Tensor) -> None:
+        """After a step: its losses, and which replicates' loss or weights turned non-finite
+        (``bad``, `step.diverging`)."""
         self.step += 1
         self.since += 1
-        bad = ~torch.isfinite(loss)
-        for p in params:
-            bad |= ~torch.isfinite(p.detach()).flatten(1).all(1)
         self.diverged_at = torch.where(bad & ~self.diverged, self.step, self.diverged_at)
         self.diverged |= bad
         self.loss_sum += loss.nan_to_num().double()
@@ -182,6 +183,7 @@ def run(job: Job, *, progress: bool = False, desc: str = "stack") -> list[dict]:
     else:
         batches = resumed["batches"]
     start = time.perf_counter() - (resumed or {}).get("seconds", 0.0)
+    step = Step(job.step, job.optimizer, job.params, job.generators.get("guesses", ()), device)
     bar = tqdm(total=job.steps, initial=t.step, disable=not progress, leave=False, desc=desc)
     while t.step < job.steps:
         at = t.step % per_epoch
@@ -189,9 +191,7 @@ def run(job: Job, *, progress: bool = False, desc: str = "stack") -> list[dict]:
             batches = _epoch_order(gens["order"], n, job.offset, device)
         idx = batches[:, at * job.batch_size:(at + 1) * job.batch_size]
         x = _augmented(job, job.train_x[idx], gens["augment"])
-        loss = job.step(x, job.train_y[idx])
-        job.optimizer.step()
-        t.track(loss, job.params)
+        t.track(*step(x, job.train_y[idx]))
         bar.update()
         if t.step % job.every == 0 or t.step == job.steps:
             if _read_back(job, t):

@@ -74,3 +74,4 @@ demo: setup
 bench: setup
 	$(PY) benchmarks/step_time.py
 	$(PY) benchmarks/grid_throughput.py
+	$(PY) benchmarks/compiled_step.py

@@ -2,6 +2,7 @@
 counted here (on any machine) and two constants measured on a GPU.
 
     python benchmarks/gpu_estimate.py [--scales gpu paper] [--us-per-op 17] [--tflops 30]
+        [--us-per-replay 20] [--us-per-kernel 2.5]
 
 For each workload the script runs the package's own function twice on synthetic data of the
 chapter's shapes, with two step counts, and counts what one more step costs: the aten
@@ -11,7 +12,19 @@ A step's GPU time is then estimated as
 
     ops x (seconds per op) + FLOPs / (FLOP/s),
 
-launch-bound steps being the rule at these sizes. The seconds per op (17 us) is an H200's
+launch-bound steps being the rule at these sizes. That is the eager step ("before"). The
+stacks' compiled step (`gradguess.engine.step`, CUDA graphs on a GPU; "after") is counted on
+the same workloads by `compiled_step.step_cost` at their third step: what its draws and the
+code outside compiled graphs dispatch (each at the seconds per op), the graphs replayed and the
+kernels inside them, compiled here for the CPU (inductor's CPU kernels standing in for its GPU
+ones):
+
+    host ops x (seconds per op) + graphs x (seconds per replay) + kernels x (seconds per
+    kernel in a graph) + FLOPs / (FLOP/s).
+
+The seconds per replay (20 us) and per kernel in a graph (2.5 us) are assumptions, not yet
+measured on a GPU: correct them with a GPU's step times (`benchmarks/compiled_step.py
+--device cuda`). The seconds per op (17 us) is an H200's
 measured step time (`benchmarks/step_time.py --device cuda`: backprop 2.9 ms, fused W^T
 2.3 ms, on a 6x1024 MLP at batch 128) divided by the ops this script counts for those steps
 (155 and 157); the FLOP rate (30 TFLOP/s) is a sustained float32 rate on one H100, 150 with
@@ -37,6 +50,9 @@ from gradguess.core.models import MLP
 from gradguess.core.prompts import small_vit
 from gradguess.book.settings import chapter_settings
 from gradguess.analysis.subspaces import subspace_scores
+from gradguess.engine.step import Step
+
+from compiled_step import compile_setting, step_cost
 
 FULL_TRAIN = 60000  # Fashion-MNIST's and MNIST's training sets: the `gpu` and `paper` scales
 
@@ -89,6 +105,27 @@ def per_step(run, a: int, b: int) -> tuple[float, float]:
     return (ops_b - ops_a) / (b - a), (flops_b - flops_a) / (b - a)
 
 
+def compiled(run, steps: int = 3) -> tuple[int, dict]:
+    """What the steps of the stacks ``run(steps)`` trains dispatch at their third step, summed
+    over the stacks: eagerly (aten ops of the step's call) and compiled (`step_cost`)."""
+    seen, original = {"off": [], "on": []}, Step.__call__
+
+    def measured(self, x, y):
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls != 3:
+            return original(self, x, y)
+        cost, result = step_cost(self, x, y)
+        seen[mode].append(cost)
+        return result
+
+    for mode in ("off", "on"):
+        with compile_setting(mode), mock.patch.object(Step, "__call__", measured):
+            run(steps)
+    parts = ("draw ops", "eager ops", "graphs", "kernels")
+    return (sum(c["ops"] for c in seen["off"]),
+            {k: sum(c[k] for c in seen["on"]) for k in parts})
+
+
 def synthetic(n: int, shape=(1, 28, 28), classes: int = 10) -> Dataset:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, *shape, generator=g)
@@ -103,6 +140,12 @@ def at_batch(cost, counted: int, batch: int = 128) -> tuple[float, float]:
     return ops, flops * batch / counted
 
 
+def stacked(run, counted: int, batch: int = 128) -> tuple[float, float, int, dict]:
+    """One step of the stacks ``run(steps)`` trains: (ops, FLOPs) at ``batch`` (`at_batch`),
+    and `compiled`'s counts of its step's call."""
+    return (*at_batch(per_step(run, 1, 2), counted, batch), *compiled(run))
+
+
 def mlp_grid_step(runs, depth, width, counted=16, datasets=1):
     """One step of a stack of ``runs`` (`grid.train_grid`), at batch 128; with ``datasets`` > 1
     the runs name datasets "fashion" and "mnist" (synthetic, the same shapes)."""
@@ -111,7 +154,7 @@ def mlp_grid_step(runs, depth, width, counted=16, datasets=1):
         if datasets > 1:
             data = {"fashion": data, "mnist": data}
         train_grid(data, runs, depth=depth, width=width, epochs=1, batch_size=counted)
-    return at_batch(per_step(run, 1, 2), counted)
+    return stacked(run, counted)
 
 
 def single_step(method, depth, width, counted=16):
@@ -122,16 +165,26 @@ def single_step(method, depth, width, counted=16):
         batch_size=counted), 1, 2), counted)
 
 
-def estimate(scale: str, us_per_op: float, tflops: float) -> list[tuple[str, str, float, str]]:
-    """Rows (chapter, workload, seconds, basis) at ``scale``."""
+def estimate(scale: str, us_per_op: float, tflops: float, us_per_replay: float = 20.0,
+             us_per_kernel: float = 2.5) -> list[tuple[str, str, float, float, str]]:
+    """Rows (chapter, workload, seconds eager, seconds with compiled steps, basis) at
+    ``scale``."""
     rows = []
     steps_per_epoch = FULL_TRAIN // 128
 
     def add(chapter, workload, steps, step_cost, rate=tflops, note=""):
-        ops, flops = step_cost
-        seconds = steps * (ops * us_per_op * 1e-6 + flops / (rate * 1e12))
-        rows.append((chapter, workload, seconds,
-                     f"{steps:,} steps x ({ops:.0f} ops, {flops / 1e9:.2f} GFLOP){note}"))
+        ops, flops = step_cost[:2]
+        arithmetic = flops / (rate * 1e12)
+        seconds = steps * (ops * us_per_op * 1e-6 + arithmetic)
+        after, basis = seconds, f"{steps:,} steps x ({ops:.0f} ops, {flops / 1e9:.2f} GFLOP)"
+        if len(step_cost) == 4:  # a stack: its step compiled
+            eager_call, c = step_cost[2:]
+            host = ops - eager_call + c["draw ops"] + c["eager ops"]
+            after = steps * (host * us_per_op * 1e-6 + c["graphs"] * us_per_replay * 1e-6
+                             + c["kernels"] * us_per_kernel * 1e-6 + arithmetic)
+            basis += (f"; compiled: {host:.0f} host ops ({c['draw ops']} drawing), "
+                      f"{c['graphs']} graphs of {c['kernels']} kernels")
+        rows.append((chapter, workload, seconds, after, basis + note))
 
     A = chapter_settings("architecture", scale)
     guessed = ["directional", "activation_perturbation", "activation_mixing", "w_transpose",
@@ -230,9 +283,10 @@ def estimate(scale: str, us_per_op: float, tflops: float) -> list[tuple[str, str
     if M.side_by_side:
         grid_runs = [MixerRun(m, local, augment) for m, local in mixer_runs
                      for augment in (False, True)]
-        add("localmixer", f"stack of {len(grid_runs)}", mixer_steps, per_step(
+        add("localmixer", f"stack of {len(grid_runs)}", mixer_steps, stacked(
             lambda s: train_mixer_stack(images(s), grid_runs, epochs=1, lr=M.lr,
-                                        batch_size=M.batch_size, **arch), 1, 2), rate)
+                                        batch_size=M.batch_size, **arch), M.batch_size,
+            M.batch_size), rate)
     else:
         for method, local in mixer_runs:
             cost = per_step(lambda s: training.reference_mixer(
@@ -252,9 +306,10 @@ def estimate(scale: str, us_per_op: float, tflops: float) -> list[tuple[str, str
     grid_runs = [(m, k) for m in ("backprop", "head_only", "directional",
                                   "activation_perturbation", "w_transpose")
                  for k in range(P.seeds)]
-    stack = per_step(lambda s: prompt_stack.tune_prompt_stack(
+    stack = stacked(lambda s: prompt_stack.tune_prompt_stack(
         backbone, rgb, grid_runs, prompts=P.prompts, steps=s, eval_every=10 ** 6,
-        batch_size=P.batch_size, lr=P.lr, cosine_repeats=P.cosine_repeats), 1, 2)
+        batch_size=P.batch_size, lr=P.lr, cosine_repeats=P.cosine_repeats), P.batch_size,
+        P.batch_size)
     for task in ("second task", "inverted task"):
         add("prompt_tuning", f"{task}: stack of {len(grid_runs)}", P.steps, stack,
             note=" (test accuracy every eval_every steps not counted)")
@@ -266,17 +321,27 @@ def main():
     parser.add_argument("--scales", nargs="+", default=["gpu", "paper"])
     parser.add_argument("--us-per-op", type=float, default=17.0)
     parser.add_argument("--tflops", type=float, default=30.0)
+    parser.add_argument("--us-per-replay", type=float, default=20.0)
+    parser.add_argument("--us-per-kernel", type=float, default=2.5)
     args = parser.parse_args()
     torch.set_num_threads(1)
     for scale in args.scales:
-        rows = estimate(scale, args.us_per_op, args.tflops)
-        print(f"\n== {scale} scale: {args.us_per_op:g} us per op, {args.tflops:g} TFLOP/s float32")
+        rows = estimate(scale, args.us_per_op, args.tflops, args.us_per_replay,
+                        args.us_per_kernel)
+        print(f"\n== {scale} scale: {args.us_per_op:g} us per op, {args.tflops:g} TFLOP/s "
+              f"float32; compiled: {args.us_per_replay:g} us per graph replay, "
+              f"{args.us_per_kernel:g} us per kernel in a graph")
+        print(f"{'chapter':16s}{'workload':44s}{'eager':>9s}{'compiled':>10s}")
         totals = {}
-        for chapter, workload, seconds, basis in rows:
-            totals[chapter] = totals.get(chapter, 0) + seconds
-            print(f"{chapter:16s}{workload:44s}{seconds:8.0f} s   {basis}")
-        for chapter, seconds in totals.items():
-            print(f"{chapter:16s}{'total of the workloads above':44s}{seconds:8.0f} s")
+        for chapter, workload, seconds, after, basis in rows:
+            before_total, after_total = totals.get(chapter, (0, 0))
+            totals[chapter] = (before_total + seconds, after_total + after)
+            print(f"{chapter:16s}{workload:44s}{seconds:8.0f} s{after:8.0f} s   {basis}")
+        for chapter, (seconds, after) in totals.items():
+            print(f"{chapter:16s}{'total of the workloads above':44s}{seconds:8.0f} s{after:8.0f} s")
+        before, after = (sum(t[k] for t in totals.values()) for k in (0, 1))
+        print(f"{'the book':16s}{'total':44s}{before:8.0f} s{after:8.0f} s   "
+              f"({before / 60:.1f} -> {after / 60:.1f} minutes)")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import argparse
 from unittest import mock
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils.flop_counter import FlopCounterMode
 
 from gradguess.analysis import along_backprop
@@ -52,19 +52,9 @@ from gradguess.book.settings import chapter_settings
 from gradguess.analysis.subspaces import subspace_scores
 from gradguess.engine.step import Step
 
-from compiled_step import compile_setting, step_cost
+from compiled_step import OpCount, compile_setting, step_cost
 
 FULL_TRAIN = 60000  # Fashion-MNIST's and MNIST's training sets: the `gpu` and `paper` scales
-
-
-class _OpCount(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += 1
-        return func(*args, **(kwargs or {}))
 
 
 def _unmeasured(fn):
@@ -86,7 +76,7 @@ def count(fn, flops: bool = True) -> tuple[int, float]:
     for patch in patches:
         patch.start()
     try:
-        counter, ops = FlopCounterMode(display=False), _OpCount()
+        counter, ops = FlopCounterMode(display=False), OpCount()
         if flops:
             with counter, ops:
                 fn()

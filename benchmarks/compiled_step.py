@@ -243,7 +243,7 @@ def main():
         even = f"{r['compile_s'] / saved * 1e3:,.0f} steps" if saved > 0 else "never"
         print(f"{r['family']:34s}{r['replicates']:4d}{r['eager_ops']:10d}{r['eager_ms']:8.1f}   "
               f"{dispatched:28s}{r['compiled_ms']:8.1f}{r['eager_ms'] / r['compiled_ms']:8.2f}x"
-              f"{r['compile_s']:10.0f}{even:>11s}")
+              f"{r['compile_s']:10.0f} {even:>11s}")
         sys.stdout.flush()
 
 

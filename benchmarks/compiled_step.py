@@ -83,9 +83,9 @@ def step_cost(step: Step, x, y) -> tuple[dict, tuple]:
             result = step(x, y)
         return {"ops": count.ops}, result
     with OpCount() as count:
-        drawn = step.tape.draw()
+        drawn = step.draw()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        result = step._fn(x, y, drawn)
+        result = step.replay(x, y, drawn)
     events = list(prof.events())
     graphs = sum(_graph_call(e) for e in events)
     kernels = sum(("cpp_fused" in e.name or "triton_" in e.name or

@@ -22,12 +22,16 @@ book/executed/small/<name>.ipynb, kept (committed) for as long as a larger run i
     python scripts/execute.py --small-executions   # the notebooks CI re-executes
     python scripts/execute.py --all --scale gpu --promote-only   # runs executed elsewhere (a GPU
                                                     # machine's book/runs/gpu/, unpacked here)
+
+Every file is written whole (`gradguess.engine.files`): a full disk leaves the previous
+notebook and ledger as they were. Two executions of one chapter at one scale (two terminals)
+take turns: the second waits for the first, then reads its runs from the store. A chapter
+that fails ends with one line, its error, and the notebook that shows the traceback.
 """
 import argparse
 import json
 import os
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -38,6 +42,7 @@ import nbformat
 import papermill
 
 from gradguess.book.scales import SCALES
+from gradguess.engine import files
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ROOT / "book" / "chapters"
@@ -71,27 +76,45 @@ def records_folder(scale: str) -> Path:
     return RUNS / scale / "records"
 
 
+def lock(chapter: str, scale: str):
+    """The lock an execution of ``chapter`` at ``scale`` holds, from executing to promoting."""
+    return files.locked(RUNS / scale / f".{chapter}.lock",
+                        waiting=f"{chapter}: another execution at {scale} scale is running; "
+                                "waiting for it to finish")
+
+
 def execute(chapter: str, scale: str, device: str, dataset: str | None, seed: int) -> Path:
     if os.environ.get("GRADGUESS_SCALE", scale) != scale:
         sys.exit(f"GRADGUESS_SCALE={os.environ['GRADGUESS_SCALE']} would override --scale {scale}; unset it")
     run_dir = RUNS / scale
     run_dir.mkdir(parents=True, exist_ok=True)
     out, ledger = run_dir / f"{chapter}.ipynb", run_dir / f"{chapter}.ledger.json"
-    ledger.unlink(missing_ok=True)
     parameters = {"scale": scale, "device": device, "seed": seed}
     if dataset:
         parameters["dataset"] = dataset
-    os.environ["GRADGUESS_LEDGER"] = str(ledger)
     if scale == "small":  # small-scale runs are not committed
         os.environ.pop("GRADGUESS_RECORDS", None)
     else:
         os.environ["GRADGUESS_RECORDS"] = str(records_folder(scale))
     with tempfile.TemporaryDirectory() as tmp:
-        source = Path(tmp) / f"{chapter}.ipynb"
+        # the notebook and ledger are written in a folder of this execution's own, then
+        # put in place whole: an execution that fails or is stopped leaves the previous ones
+        source, executed = Path(tmp) / f"{chapter}.ipynb", Path(tmp) / "executed.ipynb"
+        os.environ["GRADGUESS_LEDGER"] = str(Path(tmp) / "ledger.json")
         nbformat.write(jupytext.read(SOURCES / f"{chapter}.md"), source)
         start = time.perf_counter()
-        papermill.execute_notebook(source, out, parameters=parameters, cwd=str(ROOT),
-                                   kernel_name="python3", progress_bar=False)
+        try:
+            papermill.execute_notebook(source, executed, parameters=parameters, cwd=str(ROOT),
+                                       kernel_name="python3", progress_bar=False)
+        except papermill.PapermillExecutionError as error:
+            files.copy_atomically(executed, run_dir / f"{chapter}.failed.ipynb")
+            sys.exit(f"{chapter}: {error.ename}: {error.evalue}\n(the traceback: "
+                     f"{(run_dir / f'{chapter}.failed.ipynb').relative_to(ROOT)})")
+        if Path(os.environ["GRADGUESS_LEDGER"]).exists():
+            files.copy_atomically(os.environ["GRADGUESS_LEDGER"], ledger)
+        else:
+            ledger.unlink(missing_ok=True)
+        files.copy_atomically(executed, out)
     print(f"{chapter}: executed at {scale} scale in {time.perf_counter() - start:.0f} s -> "
           f"{out.relative_to(ROOT)}")
     merge_parameters(out)
@@ -118,7 +141,8 @@ def merge_parameters(notebook: Path) -> None:
             lines[i] = match[1] + match[2] + (value.ljust(width) + comment.lstrip() if comment else value)
     own[0].source = "\n".join(lines)
     nb.cells.remove(injected[0])
-    nbformat.write(nb, notebook)
+    text = nbformat.writes(nb)
+    files.write_atomically(notebook, text if text.endswith("\n") else text + "\n")
 
 
 def small_copy(chapter: str) -> Path:
@@ -134,8 +158,7 @@ def promote(chapter: str, scale: str) -> None:
     current = executed_scale(rendered)
     if current is not None and SCALE_RANK.get(current, -1) > SCALE_RANK[scale]:
         if scale == "small":
-            small_copy(chapter).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(RUNS / scale / f"{chapter}.ipynb", small_copy(chapter))
+            files.copy_atomically(RUNS / scale / f"{chapter}.ipynb", small_copy(chapter))
         print(f"{chapter}: kept the rendered {current}-scale run; the {scale}-scale run stays in "
               f"book/runs/{scale}/" + (" and book/executed/small/" if scale == "small" else ""))
         return
@@ -143,14 +166,13 @@ def promote(chapter: str, scale: str) -> None:
     if scale == "small":
         small_copy(chapter).unlink(missing_ok=True)  # the rendered copy is the small one now
     elif current == "small":  # a larger run takes the page: the small one stays for CI
-        small_copy(chapter).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(rendered, small_copy(chapter))
-    shutil.copyfile(RUNS / scale / f"{chapter}.ipynb", rendered)
+        files.copy_atomically(rendered, small_copy(chapter))
+    files.copy_atomically(RUNS / scale / f"{chapter}.ipynb", rendered)
     ledger = RUNS / scale / f"{chapter}.ledger.json"
     rendered_ledger = EXECUTED / f"{chapter}.ledger.json"
     if ledger.exists():
         json.loads(ledger.read_text())  # a whole file, not a torn one
-        shutil.copyfile(ledger, rendered_ledger)
+        files.copy_atomically(ledger, rendered_ledger)
     else:
         rendered_ledger.unlink(missing_ok=True)
     print(f"{chapter}: rendered copy is now the {scale}-scale run")
@@ -199,9 +221,10 @@ def main():
         if not names:
             parser.error(f"no runs in book/runs/{args.scale}/ to promote")
     for name in sorted(names, key=_order):  # readers last
-        if not args.promote_only:
-            execute(name, args.scale, args.device, args.dataset, args.seed)
-        promote(name, args.scale)
+        with lock(name, args.scale):
+            if not args.promote_only:
+                execute(name, args.scale, args.device, args.dataset, args.seed)
+            promote(name, args.scale)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,5 @@
 """The data registry loads what is on the machine and says how to get what is not."""
 import gzip
-import pickle
-import zipfile
 
 import numpy as np
 import pytest
@@ -58,16 +56,6 @@ def test_missing_torchvision_dataset_says_how_to_get_it(tmp_path, name):
         load_dataset(name, root=tmp_path, download=False)
 
 
-def mnist_wheel(path, blob):
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr(data.MNIST_PICKLE, blob)
-
-
-def test_mnist_wheel_with_a_wrong_checksum_is_refused(tmp_path):
-    fake = gzip.compress(pickle.dumps(((np.zeros((2, 784)), np.zeros(2)),) * 3))
-    mnist_wheel(tmp_path / data.MNIST_WHEEL, fake)
-    with pytest.raises(DataNotFoundError, match="sha256"):
-        load_dataset("mnist", root=tmp_path, download=False)
 
 
 def test_data_root_follows_the_environment(tmp_path, monkeypatch):

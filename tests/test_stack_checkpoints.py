@@ -1,9 +1,8 @@
 """The stacked engine's checkpoints: an interrupted stack that resumes gives, number for
 number, the histories of an uninterrupted one, and a grid's chunks are stored one by one."""
 import pytest
-import torch
 
-from gradguess.engine import checkpoints
+from gradguess.engine import checkpoints, files
 from gradguess.engine.grid import Run, train_grid, train_stack
 
 from conftest import blobs
@@ -38,7 +37,7 @@ def test_a_resumed_stack_equals_an_uninterrupted_one(tmp_path, monkeypatch):
         monkeypatch.setattr(checkpoints, "save", save_once_then_stop)
         with pytest.raises(Interrupted):
             train_stack(data, RUNS, **SETTINGS)
-        assert torch.load(tmp_path / "c.pt", weights_only=True)["step"] == 200 // 30
+        assert files.load_checked(tmp_path / "c.pt")["step"] == 200 // 30
         monkeypatch.setattr(checkpoints, "save", save)
         resumed = train_stack(data, RUNS, **SETTINGS)
     assert without_seconds(resumed) == without_seconds(whole)
@@ -90,7 +89,7 @@ def test_a_prompt_stack_resumes_within_an_epoch(tmp_path, monkeypatch):
         monkeypatch.setattr(checkpoints, "save", save_once_then_stop)
         with pytest.raises(Interrupted):
             tune_prompt_stack(backbone, data, runs, **options)
-        assert torch.load(tmp_path / "c.pt", weights_only=True)["batches"] is not None
+        assert files.load_checked(tmp_path / "c.pt")["batches"] is not None
         monkeypatch.setattr(checkpoints, "save", save)
         resumed = tune_prompt_stack(backbone, data, runs, **options)
     assert without_seconds(resumed) == without_seconds(whole)

@@ -14,7 +14,7 @@ from torch import nn
 
 from gradguess.book import store
 from gradguess.book.store import CACHE_STATS, Store, call_key, reach
-from gradguess.engine import checkpoints
+from gradguess.engine import checkpoints, files
 
 from conftest import blobs
 
@@ -102,7 +102,7 @@ def test_an_interrupted_call_resumes_from_its_checkpoint(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         store.cached(counting, 6)
     [saved] = list(store.cache_dir().glob("*.ckpt.pt"))
-    assert torch.load(saved, weights_only=True)["done"] == 3
+    assert files.load_checked(saved)["done"] == 3
     assert store.cached(counting, 6) == {"total": 6, "resumed at": 3}
     assert not list(store.cache_dir().glob("*.ckpt.pt"))  # gone once the result is stored
     assert store.cached(counting, 6) == {"total": 6, "resumed at": 3}

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..analysis.decisions import NOT_TESTED, verdict
+from ..engine import files
 from .rules import CLAIM_IDS, rule
 
 
@@ -98,11 +99,8 @@ class Ledger:
                 .set_properties(**{"text-align": "left"}))
 
     def save(self, path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        tmp.replace(path)  # atomic: an interrupted run leaves the old ledger whole
+        # whole or not at all: an interrupted run or a full disk leaves the old ledger
+        files.write_atomically(path, json.dumps(asdict(self), indent=2) + "\n")
 
     def publish(self) -> None:
         """Save to the path in ``GRADGUESS_LEDGER``, if the execution script set one."""

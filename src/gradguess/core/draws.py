@@ -1,6 +1,6 @@
 """A step's random draws, taken outside a compiled step and handed to it in order.
 
-A compiled step (`gradguess.engine.compiled`) cannot draw from a `torch.Generator`: dynamo
+A compiled step (`gradguess.engine.step`) cannot draw from a `torch.Generator`: dynamo
 breaks its graph at every ``torch.randn(..., generator=g)``. But a step's draws have the same
 shapes, from the same generators, in the same order, every step. So a `Tape` records them
 once, on an eager first step, and from then on `Tape.draw` takes them before the compiled

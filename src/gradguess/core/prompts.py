@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torchvision.models import VisionTransformer, vit_b_16
 
+from . import datafiles
 from .losses import cross_entropy_per_example, error_vector
 from .methods import get_method, method_names
 
@@ -57,16 +58,16 @@ def small_vit(image_size: int = 28, patch: int = 7, layers: int = 4, heads: int 
 
 
 def load_vit_b16(path) -> VisionTransformer:
-    """ViT-B/16 from a local torchvision weight file (e.g. vit_b_16-c867db91.pth)."""
+    """ViT-B/16 from a local torchvision weight file (e.g. vit_b_16-c867db91.pth), checked
+    against the sha256 prefix in its name (`datafiles.read_weights`)."""
     path = Path(path).expanduser()
+    fetch = ("on a machine with internet, python -c \"from torchvision.models import vit_b_16, "
+             "ViT_B_16_Weights; vit_b_16(weights=ViT_B_16_Weights.IMAGENET1K_V1)\" puts them in "
+             "~/.cache/torch/hub/checkpoints/; pass that file's path")
     if not path.is_file():
-        raise FileNotFoundError(
-            f"no ViT-B/16 weights at {path}. On a machine with internet: python -c \"from "
-            f"torchvision.models import vit_b_16, ViT_B_16_Weights; vit_b_16(weights="
-            f"ViT_B_16_Weights.IMAGENET1K_V1)\" puts them in ~/.cache/torch/hub/checkpoints/; "
-            f"pass that file's path")
+        raise FileNotFoundError(f"no ViT-B/16 weights at {path}. {fetch[0].upper()}{fetch[1:]}")
     model = vit_b_16()
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    model.load_state_dict(datafiles.read_weights(path, f"delete it; {fetch}"))
     return model
 
 

@@ -5,19 +5,19 @@ is nowhere to save: `resume` finds nothing, `save` does nothing, and `chunk` cal
 
 - `resume()`: the state a previous, interrupted attempt at this very call saved, or None.
 - `save(state)`: the run's state so far (weights, optimizer state, generator states, history),
-  written atomically where the store keeps this call's checkpoint; the store deletes it once
-  the call's result is stored.
+  written atomically, with a checksum, where the store keeps this call's checkpoint; the store
+  deletes it once the call's result is stored. A checkpoint that does not load whole is moved
+  aside (``*.corrupt``, `gradguess.engine.files`) and the run starts from the beginning.
 - `chunk(fn, *args, **kwargs)`: ``fn(*args, **kwargs)``, stored under its own key, so that a
   grid's finished chunks survive an interrupted grid.
 """
 import contextvars
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
+from . import files
 
 
 @dataclass(frozen=True)
@@ -48,22 +48,25 @@ def active() -> bool:
 
 
 def resume():
-    """The saved state of this call's interrupted attempt, or None."""
+    """The saved state of this call's interrupted attempt, or None (none saved, or a damaged
+    one, moved aside with a line that says so)."""
     place = _PLACE.get()
     if place is None or not place.path.exists():
         return None
-    return torch.load(place.path, map_location="cpu", weights_only=True)
+    try:
+        return files.load_checked(place.path)
+    except files.DamagedFileError as damaged:
+        aside = files.move_aside(place.path)
+        files.report(f"run store: the checkpoint {damaged.path} {damaged.why}; moved it aside "
+                     f"to {aside.name} and starting the run from the beginning")
+        return None
 
 
 def save(state: dict) -> None:
-    """Save ``state`` for `resume`, replacing the previous one whole (a temporary file renamed)."""
+    """Save ``state`` for `resume`, replacing the previous one whole (`files.save_checked`)."""
     place = _PLACE.get()
-    if place is None:
-        return
-    place.path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = place.path.with_name(f"{place.path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    tmp.replace(place.path)
+    if place is not None:
+        files.save_checked(state, place.path)
 
 
 def chunk(fn: Callable, /, *args, **kwargs):

@@ -14,9 +14,10 @@ The setting ``GRADGUESS_COMPILE`` chooses:
 - ``off``: every step eager, for exact reproduction of an eager run and for debugging;
 - ``on``: compiled, on any device;
 - ``auto`` (the default): compiled on a GPU, eager on a CPU. On the 2-core CPU the book is
-  built on, compiling a stack's step costs tens of seconds per stack shape and saves a
-  fraction of a millisecond per step, more than the small scale's few hundred steps per stack
-  win back (`benchmarks/compiled_step.py` measures both).
+  built on, compiling a stack's step costs 13-74 s per stack shape and saves 12-115 ms per
+  step (a 42-run MLP stack: 52 s against 12 ms, even after about 4,000 steps), which the
+  small scale's few hundred steps per stack do not win back, prompt tuning's aside
+  (`benchmarks/compiled_step.py` measures both).
 
 Each execution's provenance records the setting and the time spent compiling (`compile_seconds`).
 """
@@ -83,7 +84,15 @@ class Step:
             self._eager = time.perf_counter() - start
             self._first = True
             return result
-        drawn = self.tape.draw()
+        return self.replay(x, targets, self.draw())
+
+    def draw(self) -> list[Tensor]:
+        """What the next compiled step draws, taken now from the replicates' generators, in
+        the order the first (eager) step drew it (`Tape.draw`)."""
+        return self.tape.draw()
+
+    def replay(self, x: Tensor, targets: Tensor, drawn: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """The compiled step on ``drawn`` (from `draw`): (loss, diverging)."""
         if self._first:
             start = time.perf_counter()
             loss, bad = self._fn(x, targets, drawn)

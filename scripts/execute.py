@@ -83,6 +83,15 @@ def lock(chapter: str, scale: str):
                                 "waiting for it to finish")
 
 
+def store_lines(notebook: Path) -> list[str]:
+    """What the run store said while the chapter ran (a damaged record set aside, a wait for
+    another process): its lines on the cells' stderr, shown again in the terminal."""
+    nb = nbformat.read(notebook, as_version=4)
+    return [line for cell in nb.cells for out in cell.get("outputs", [])
+            if out.get("output_type") == "stream" and out.get("name") == "stderr"
+            for line in out.get("text", "").splitlines() if line.startswith("run store:")]
+
+
 def execute(chapter: str, scale: str, device: str, dataset: str | None, seed: int) -> Path:
     if os.environ.get("GRADGUESS_SCALE", scale) != scale:
         sys.exit(f"GRADGUESS_SCALE={os.environ['GRADGUESS_SCALE']} would override --scale {scale}; unset it")
@@ -107,14 +116,19 @@ def execute(chapter: str, scale: str, device: str, dataset: str | None, seed: in
             papermill.execute_notebook(source, executed, parameters=parameters, cwd=str(ROOT),
                                        kernel_name="python3", progress_bar=False)
         except papermill.PapermillExecutionError as error:
-            files.copy_atomically(executed, run_dir / f"{chapter}.failed.ipynb")
-            sys.exit(f"{chapter}: {error.ename}: {error.evalue}\n(the traceback: "
-                     f"{(run_dir / f'{chapter}.failed.ipynb').relative_to(ROOT)})")
+            failed = run_dir / f"{chapter}.failed.ipynb"
+            for line in store_lines(executed):
+                print(f"{chapter}: {line}", file=sys.stderr)
+            files.copy_atomically(executed, failed)
+            sys.exit(f"{chapter}: {error.ename}: {error.evalue}\n"
+                     f"(the traceback: {failed.relative_to(ROOT)})")
         if Path(os.environ["GRADGUESS_LEDGER"]).exists():
             files.copy_atomically(os.environ["GRADGUESS_LEDGER"], ledger)
         else:
             ledger.unlink(missing_ok=True)
         files.copy_atomically(executed, out)
+        for line in store_lines(executed):
+            print(f"{chapter}: {line}", file=sys.stderr)
     print(f"{chapter}: executed at {scale} scale in {time.perf_counter() - start:.0f} s -> "
           f"{out.relative_to(ROOT)}")
     merge_parameters(out)

@@ -225,8 +225,9 @@ seed = 0
 ```
 
 ```{code-cell} ipython3
-import json, os, time
+import json, os, sys, time
 time.sleep(1)
+print("run store: a line the store prints", file=sys.stderr)
 if os.environ.get("TINY_FAILS"):
     raise ValueError("the data is not here; fetch it with `make data`")
 print("x" * 200000)
@@ -279,7 +280,8 @@ def test_a_failing_chapter_ends_in_one_line_and_keeps_the_previous_execution(tmp
     good = (tmp_path / "executed" / "tiny.ipynb").read_text()
     [(code, _, err)] = run_executions(tmp_path, 1, env={**os.environ, "TINY_FAILS": "1"})
     assert code == 1
-    assert err.strip().splitlines()[-2:] == [  # after the kernel's own start-up lines
+    assert err.strip().splitlines()[-3:] == [  # after the kernel's own start-up lines
+        "tiny: run store: a line the store prints",  # shown in the terminal too
         "tiny: ValueError: the data is not here; fetch it with `make data`",
         "(the traceback: runs/small/tiny.failed.ipynb)"]
     assert (tmp_path / "executed" / "tiny.ipynb").read_text() == good

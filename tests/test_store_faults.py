@@ -286,3 +286,12 @@ def test_a_failing_chapter_ends_in_one_line_and_keeps_the_previous_execution(tmp
         "(the traceback: runs/small/tiny.failed.ipynb)"]
     assert (tmp_path / "executed" / "tiny.ipynb").read_text() == good
     assert (tmp_path / "runs" / "small" / "tiny.ledger.json").exists()
+
+
+def test_files_are_written_with_the_umasks_mode_not_mkstemps(tmp_path):
+    import os
+    path = tmp_path / "record.json"
+    files.write_atomically(path, "{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask

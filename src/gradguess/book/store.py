@@ -437,7 +437,10 @@ def read_tensor_result(path: Path, key: dict):
 
 
 def _set_aside(damaged: files.DamagedFileError) -> None:
-    aside = files.move_aside(damaged.path)
+    try:
+        aside = files.move_aside(damaged.path)
+    except FileNotFoundError:  # another process set it aside first
+        return
     files.report(f"run store: {damaged.path} {damaged.why}; moved it aside to {aside.name} "
                  "and computing the run again")
 
@@ -460,7 +463,7 @@ class Store:
             except files.DamagedFileError as damaged:
                 raise DamagedRecordError(
                     f"the committed run record {record} {damaged.why}. A committed result "
-                    "is not replaced silently: restore it (`git checkout -- <file>`) or "
+                    f"is not replaced silently: restore it (`git checkout -- {record}`) or "
                     "delete it to compute the run again") from None
             CACHE_STATS["from cache"] += 1
             CACHE_STATS["from records"] += 1

@@ -43,6 +43,12 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomically(path, data: bytes | str) -> None:
     """Write ``data`` to ``path`` whole or not at all (a temporary file renamed into place)."""
     path = Path(path)
@@ -50,6 +56,7 @@ def write_atomically(path, data: bytes | str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it, not mkstemp's 0600
         _write_file(Path(tmp), data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
     except OSError as error:
@@ -101,8 +108,9 @@ def load_checked(path):
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a torn zip, a pickle cut short, bytes of another format
-        raise DamagedFileError(path, f"does not load ({type(error).__name__}: "
-                                     f"{str(error).splitlines()[0] if str(error) else ''})") from None
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        raise DamagedFileError(path, f"does not load as a torch file, cut short or damaged "
+                                     f"({type(error).__name__}: {first_line})") from None
     if not isinstance(saved, dict) or "sha256" not in saved or "content" not in saved:
         raise DamagedFileError(path, "has no checksum (not written by save_checked)")
     if content_checksum(saved["content"]) != saved["sha256"]:

@@ -29,6 +29,7 @@ take turns: the second waits for the first, then reads its runs from the store. 
 that fails ends with one line, its error, and the notebook that shows the traceback.
 """
 import argparse
+import errno
 import json
 import os
 import re
@@ -235,10 +236,15 @@ def main():
         if not names:
             parser.error(f"no runs in book/runs/{args.scale}/ to promote")
     for name in sorted(names, key=_order):  # readers last
-        with lock(name, args.scale):
-            if not args.promote_only:
-                execute(name, args.scale, args.device, args.dataset, args.seed)
-            promote(name, args.scale)
+        try:
+            with lock(name, args.scale):
+                if not args.promote_only:
+                    execute(name, args.scale, args.device, args.dataset, args.seed)
+                promote(name, args.scale)
+        except OSError as error:  # a full disk, a read-only or foreign folder: one line
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+                raise
+            sys.exit(f"{name}: {error}")
 
 
 if __name__ == "__main__":

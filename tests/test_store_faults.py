@@ -295,3 +295,27 @@ def test_files_are_written_with_the_umasks_mode_not_mkstemps(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_a_full_disk_while_promoting_keeps_the_rendered_notebook_and_says_so_in_one_line(
+        tmp_path, monkeypatch):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("execute_script", TESTS.parent / "scripts" / "execute.py")
+    execute = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(execute)
+    monkeypatch.setattr(execute, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(execute, "EXECUTED", tmp_path / "executed")
+    import nbformat
+    for folder, marker in ((tmp_path / "runs" / "small", "new"), (tmp_path / "executed", "old")):
+        folder.mkdir(parents=True)
+        notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(marker)])
+        notebook.metadata["papermill"] = {"parameters": {"scale": "small"}}
+        nbformat.write(notebook, folder / "intro.ipynb")
+    rendered = (tmp_path / "executed" / "intro.ipynb").read_text()
+    monkeypatch.setattr(files, "_write_file", no_space_after_half)
+    monkeypatch.setattr(sys, "argv", ["execute.py", "intro", "--promote-only"])
+    with pytest.raises(SystemExit) as stop:
+        execute.main()
+    assert str(stop.value) == (f"intro: [Errno 28] could not write {tmp_path / 'executed' / 'intro.ipynb'}"
+                               " (no space left on device); the previous file is left as it was")
+    assert (tmp_path / "executed" / "intro.ipynb").read_text() == rendered

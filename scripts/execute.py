@@ -193,8 +193,15 @@ def promote(chapter: str, scale: str) -> None:
     print(f"{chapter}: rendered copy is now the {scale}-scale run")
 
 
+def duration(notebook: Path) -> float:
+    """How long the execution of ``notebook`` took (papermill's record; 0 if none)."""
+    return nbformat.read(notebook, as_version=4).metadata.get("papermill", {}).get("duration") or 0
+
+
 def small_executions() -> list[Path]:
-    """The committed small-scale execution of every chapter that has one: what CI re-executes."""
+    """The committed small-scale execution of every chapter that has one: what CI re-executes,
+    the longest first (by their recorded durations), so that workers re-executing them side by
+    side (`make validate`) start with the long ones and finish together."""
     found = []
     for name in chapters():
         rendered = EXECUTED / f"{name}.ipynb"
@@ -202,7 +209,7 @@ def small_executions() -> list[Path]:
             found.append(small_copy(name))
         elif executed_scale(rendered) == "small":
             found.append(rendered)
-    return found
+    return sorted(found, key=duration, reverse=True)
 
 
 def main():

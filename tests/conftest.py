@@ -8,6 +8,17 @@ from gradguess.core.models import MLP, Trace
 
 
 @pytest.fixture
+def empty_store(tmp_path, monkeypatch):
+    """An empty run store in ``tmp_path/runs``, no committed records, the code read afresh."""
+    from gradguess.book import store
+    monkeypatch.setenv("GRADGUESS_CACHE", str(tmp_path / "runs"))
+    monkeypatch.delenv("GRADGUESS_RECORDS", raising=False)
+    store.forget_code()
+    yield
+    store.forget_code()
+
+
+@pytest.fixture
 def net():
     """A tiny float64 MLP (12 -> 16 -> 16 -> 16 -> 5) with a batch, where exact checks are exact."""
     torch.manual_seed(0)

@@ -77,6 +77,13 @@ def known_sizes_and_digests(folder):
     return known
 
 
+def change_one_label(labels, index):
+    """One label of a gzipped IDX label file changed: same size, same header."""
+    raw = bytearray(gzip.decompress(labels.read_bytes()))
+    raw[index] = (raw[index] + 1) % 10
+    labels.write_bytes(gzip.compress(bytes(raw)))
+
+
 def test_an_idx_file_with_a_wrong_checksum_is_refused(tmp_path, monkeypatch):
     folder = tmp_path / "fashion-mnist"
     fake_idx_folder(folder)
@@ -85,9 +92,7 @@ def test_an_idx_file_with_a_wrong_checksum_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
     assert len(load_dataset("fashion-mnist", root=tmp_path, download=False).train_y) == 30
     labels = folder / "train-labels-idx1-ubyte.gz"
-    raw = bytearray(gzip.decompress(labels.read_bytes()))
-    raw[-1] = (raw[-1] + 1) % 10  # one label changed: same size, same header
-    labels.write_bytes(gzip.compress(bytes(raw)))
+    change_one_label(labels, -1)
     with pytest.raises(DataFileError) as error:
         load_dataset("fashion-mnist", root=tmp_path, download=False)
     assert f"{labels} has sha256" in str(error.value)
@@ -99,10 +104,7 @@ def test_the_known_checksums_are_those_of_debians_fashion_mnist(tmp_path, monkey
     assert len(load_dataset("fashion-mnist", root=tmp_path, download=False).train_y) == 60000
     folder = tmp_path / "fashion-mnist"
     shutil.copytree(FASHION, folder)
-    labels = folder / "t10k-labels-idx1-ubyte.gz"
-    raw = bytearray(gzip.decompress(labels.read_bytes()))
-    raw[100] = (raw[100] + 1) % 10
-    labels.write_bytes(gzip.compress(bytes(raw)))
+    change_one_label(folder / "t10k-labels-idx1-ubyte.gz", 100)
     with pytest.raises(DataFileError, match="t10k-labels-idx1-ubyte.gz has sha256"):
         load_dataset("fashion-mnist", root=tmp_path, download=False)
 

@@ -17,13 +17,7 @@ from gradguess.engine import checkpoints, files
 TESTS = Path(__file__).resolve().parent
 
 
-@pytest.fixture(autouse=True)
-def fresh(tmp_path, monkeypatch):
-    monkeypatch.setenv("GRADGUESS_CACHE", str(tmp_path / "runs"))
-    monkeypatch.delenv("GRADGUESS_RECORDS", raising=False)
-    store.forget_code()
-    yield
-    store.forget_code()
+pytestmark = pytest.mark.usefixtures("empty_store")  # conftest: a run store of its own per test
 
 
 def measured(n):

@@ -104,17 +104,15 @@ def test_an_interrupted_call_resumes_from_its_checkpoint(tmp_path):
 
 
 def piece(i):
+    """One chunk; the third fails if $CHUNKED_FAIL is set."""
+    if os.environ.get("CHUNKED_FAIL") and i == 2:
+        raise RuntimeError("interrupted")
     return {"square": i * i}
 
 
 def chunked(n):
-    """n pieces, each stored on its own; fails after two if $CHUNKED_FAIL is set."""
-    out = []
-    for i in range(n):
-        if os.environ.get("CHUNKED_FAIL") and i == 2:
-            raise RuntimeError("interrupted")
-        out.append(checkpoints.chunk(piece, i)["square"])
-    return out
+    """n pieces, each stored on its own."""
+    return [r["square"] for r in checkpoints.chunks(piece, [((i,), {}) for i in range(n)])]
 
 
 def test_a_grids_finished_chunks_are_read_back_after_an_interruption(monkeypatch):

@@ -225,8 +225,8 @@ def _digest(data: bytes) -> str:
 
 
 def tensor_fingerprint(t: torch.Tensor) -> str:
-    t = t.detach().cpu().contiguous()
-    return f"{t.dtype}{list(t.shape)}:{_digest(t.view(-1).view(torch.uint8).numpy().tobytes())}"
+    kind, data = files.tensor_bytes(t)
+    return f"{kind}:{_digest(data)}"
 
 
 def _in_package(obj) -> bool:
@@ -500,11 +500,16 @@ class Store:
                 return result
             return self._compute(fn, args, kwargs, key, stem, record)
 
+    def calls(self, fn: Callable, calls: list) -> list:
+        """``[fn(*args, **kwargs) for args, kwargs in calls]``, each stored on its own (a
+        grid's chunks, `checkpoints.chunks`): one after another."""
+        return [self.call(fn, *args, **kwargs) for args, kwargs in calls]
+
     def _compute(self, fn, args, kwargs, key, stem: Path, record: Path | None):
         as_json, as_tensors = stem.with_suffix(".json"), stem.with_suffix(".pt")
         progress = stem.with_name(f"{stem.name}.ckpt.pt")
         started = time.perf_counter()
-        with checkpoints.saving_to(progress, store_call=self.call):
+        with checkpoints.saving_to(progress, store_call=self.call, store_calls=self.calls):
             result = fn(*args, **kwargs)
         seconds = time.perf_counter() - started
         CACHE_STATS["computed"] += 1

@@ -131,13 +131,17 @@ def read_images(split, fetch: str) -> list:
 
 def read_weights(path, fetch: str) -> dict:
     """A torchvision weight file (a state dict): its sha256 against the prefix its name
-    carries (``vit_b_16-c867db91.pth``), where it carries one, and loaded whole."""
+    carries (``vit_b_16-c867db91.pth``), where it carries one, and loaded whole (the file
+    read once)."""
     path = Path(path)
+    content = path.read_bytes()
     named = re.search(r"-([0-9a-f]{8,})\.pth?$", path.name)
-    if named and not sha256(path.read_bytes()).startswith(named[1]):
-        raise DataFileError(path, f"has sha256 {sha256(path.read_bytes())[:8]}..., its name "
-                                  f"says {named[1]}... (cut short or damaged)", fetch)
+    if named:
+        digest = sha256(content)
+        if not digest.startswith(named[1]):
+            raise DataFileError(path, f"has sha256 {digest[:8]}..., its name says "
+                                      f"{named[1]}... (cut short or damaged)", fetch)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
     except Exception as error:  # a torn zip, a pickle cut short
         raise DataFileError(path, f"does not load ({type(error).__name__})", fetch) from None

@@ -8,8 +8,10 @@ is nowhere to save: `resume` finds nothing, `save` does nothing, and `chunk` cal
   written atomically, with a checksum, where the store keeps this call's checkpoint; the store
   deletes it once the call's result is stored. A checkpoint that does not load whole is moved
   aside (``*.corrupt``, `gradguess.engine.files`) and the run starts from the beginning.
-- `chunk(fn, *args, **kwargs)`: ``fn(*args, **kwargs)``, stored under its own key, so that a
-  grid's finished chunks survive an interrupted grid.
+- `chunks(fn, calls)`: ``fn(*args, **kwargs)`` for each ``(args, kwargs)`` of ``calls``, each
+  stored under its own key, so that a grid's finished chunks survive an interrupted grid. The
+  chunks are independent: a store may compute the missed ones side by side (on a Ray cluster,
+  `gradguess.book.cluster`), and they equal the chunks computed one after another.
 """
 import contextvars
 from contextlib import contextmanager
@@ -26,15 +28,22 @@ class Place:
     nested call under its own key."""
     path: Path
     store_call: Callable  # store_call(fn, *args, **kwargs) -> fn(*args, **kwargs), stored
+    store_calls: Callable | None = None  # store_calls(fn, calls) -> [fn(*a, **k) ...], stored
+
+
+def one_by_one(store_call: Callable) -> Callable:
+    """``store_calls`` from ``store_call``: the calls one after another."""
+    return lambda fn, calls: [store_call(fn, *args, **kwargs) for args, kwargs in calls]
 
 
 _PLACE: contextvars.ContextVar[Place | None] = contextvars.ContextVar("checkpoint", default=None)
 
 
 @contextmanager
-def saving_to(path, store_call: Callable):
-    """Within this block, `resume`, `save` and `chunk` use ``path`` and ``store_call``."""
-    token = _PLACE.set(Place(Path(path), store_call))
+def saving_to(path, store_call: Callable, store_calls: Callable | None = None):
+    """Within this block, `resume` and `save` use ``path``, and `chunks` ``store_calls``
+    (default: ``store_call`` on each chunk in turn)."""
+    token = _PLACE.set(Place(Path(path), store_call, store_calls or one_by_one(store_call)))
     try:
         yield
     finally:
@@ -69,10 +78,11 @@ def save(state: dict) -> None:
         files.save_checked(state, place.path)
 
 
-def chunk(fn: Callable, /, *args, **kwargs):
-    """``fn(*args, **kwargs)``, stored on its own when a store lends a place, else computed.
-    A nested call gets its own place (its own checkpoint) from the store."""
+def chunks(fn: Callable, calls: list) -> list:
+    """``[fn(*args, **kwargs) for args, kwargs in calls]``: each stored on its own when a store
+    lends a place (which may compute them side by side), else computed in turn. A chunk gets
+    its own place (its own checkpoint) from the store."""
     place = _PLACE.get()
     if place is None:
-        return fn(*args, **kwargs)
-    return place.store_call(fn, *args, **kwargs)
+        return [fn(*args, **kwargs) for args, kwargs in calls]
+    return place.store_calls(fn, list(calls))

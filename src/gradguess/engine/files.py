@@ -9,7 +9,10 @@
 - `move_aside(path)`: a damaged file renamed to ``<name>.corrupt`` (``.corrupt.1``, ... if
   taken), kept for a look rather than deleted.
 - `locked(path)`: an exclusive lock on ``path`` (``flock``) held for a block: a second process
-  that wants it waits (two executions of one chapter, two workers computing one run).
+  that wants it waits (two executions of one chapter, two workers computing one run);
+  `try_lock(path)` takes it only if it is free. ``flock`` may not hold across the machines of
+  a network filesystem: there, two writers of one file still each write it whole.
+- `tensor_bytes(t)`: a tensor's dtype, shape and bytes, what every checksum and key hashes.
 """
 import errno
 import hashlib
@@ -43,10 +46,13 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()  # read once: setting it to read it is not safe beside other threads
 
 
 def write_atomically(path, data: bytes | str) -> None:
@@ -56,7 +62,7 @@ def write_atomically(path, data: bytes | str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it, not mkstemp's 0600
+        os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would create it, not mkstemp's 0600
         _write_file(Path(tmp), data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
     except OSError as error:
@@ -71,11 +77,17 @@ def copy_atomically(source, path) -> None:
     write_atomically(path, Path(source).read_bytes())
 
 
+def tensor_bytes(t: torch.Tensor) -> tuple[str, bytes]:
+    """(``"<dtype>[<shape>]"``, the bytes) of ``t``, on the CPU and contiguous."""
+    t = t.detach().cpu().contiguous()
+    return f"{t.dtype}{list(t.shape)}", t.view(-1).view(torch.uint8).numpy().tobytes()
+
+
 def _digest(obj, h) -> None:
     if isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu().contiguous()
-        h.update(f"tensor{t.dtype}{list(t.shape)}".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+        kind, data = tensor_bytes(obj)
+        h.update(f"tensor{kind}".encode())
+        h.update(data)
     elif isinstance(obj, dict):
         h.update(f"dict{len(obj)}".encode())
         for key in sorted(obj, key=repr):
@@ -132,6 +144,27 @@ def move_aside(path) -> Path:
 def report(message: str) -> None:
     """A line for the person running the book (stderr: shown in a notebook, not a result)."""
     print(message, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def try_lock(path):
+    """The lock on ``path`` held for the block if it is free (yields True), else at once
+    False (another process holds it; nothing is held)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        if fcntl is None:
+            yield True
+            return
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextmanager

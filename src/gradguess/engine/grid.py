@@ -406,17 +406,17 @@ def train_grid(data, runs, *, depth: int, width: int, epochs: int, batch_size: i
         raise ValueError(f"max_replicates must be an integer >= 1 or None, got {max_replicates!r}")
     members = _order(runs)
     size = max_replicates or len(members)
+    parts = [members[lo:lo + size] for lo in range(0, len(members), size)]
+    options = dict(depth=depth, width=width, epochs=epochs, batch_size=batch_size,
+                   probe_examples=probe_examples, probe_repeats=probe_repeats, progress=progress)
+    # each chunk stored on its own, and independent of the others (`checkpoints.chunks`)
+    stacks = checkpoints.chunks(train_stack, [((data, [runs[r] for r in part]), options)
+                                              for part in parts])
     result = [None] * len(runs)
-    for chunk in range(0, len(members), size):  # each chunk stored on its own (`checkpoints`)
-        part = members[chunk:chunk + size]
-        histories = checkpoints.chunk(
-            train_stack, data, [runs[r] for r in part], depth=depth, width=width, epochs=epochs,
-            batch_size=batch_size, probe_examples=probe_examples, probe_repeats=probe_repeats,
-            progress=progress)
+    for part, histories in zip(parts, stacks):
         for r, history in zip(part, histories):
             result[r] = history
     return result
-
 
 
 def best_rate(sweep: dict) -> float | None:

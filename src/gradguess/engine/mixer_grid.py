@@ -214,7 +214,7 @@ def train_mixer_stack(data, runs, *, epochs: int, batch_size: int = 128, lr: flo
     guesses (`STACKABLE`), each in the global mode of the reference estimator. The run is
     checkpointed after every epoch and resumes from a saved state (`checkpoints`). With
     ``max_replicates``, consecutive chunks of the stack's order of at most that many runs each
-    are trained one after another, each stored on its own (`checkpoints.chunk`), to bound
+    are trained one after another, each stored on its own (`checkpoints.chunks`), to bound
     memory; each replicate is still the run it is alone.
     """
     runs = _runs(runs)
@@ -227,12 +227,13 @@ def train_mixer_stack(data, runs, *, epochs: int, batch_size: int = 128, lr: flo
     # the guessing replicates grouped by method, then backprop's
     order = engine.stack_order(runs, lambda run: (run.method,))
     if max_replicates is not None and len(runs) > max_replicates:
+        parts = [order[lo:lo + max_replicates] for lo in range(0, len(order), max_replicates)]
+        options = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                       **architecture)
+        stacks = checkpoints.chunks(train_mixer_stack, [((data, [runs[r] for r in part]), options)
+                                                        for part in parts])
         result = [None] * len(runs)
-        for lo in range(0, len(order), max_replicates):
-            part = order[lo:lo + max_replicates]
-            histories = checkpoints.chunk(
-                train_mixer_stack, data, [runs[r] for r in part], epochs=epochs,
-                batch_size=batch_size, lr=lr, optimizer=optimizer, **architecture)
+        for part, histories in zip(parts, stacks):
             for r, history in zip(part, histories):
                 result[r] = history
         return result

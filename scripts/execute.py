@@ -23,6 +23,13 @@ book/executed/small/<name>.ipynb, kept (committed) for as long as a larger run i
     python scripts/execute.py --all --scale gpu --promote-only   # runs executed elsewhere (a GPU
                                                     # machine's book/runs/gpu/, unpacked here)
 
+With ``--executor ray`` (or ``ray:ADDRESS``, a running cluster's), the chunks of a grid that
+the run store misses are computed as Ray tasks, one GPU each (`gradguess.book.cluster`), and
+several chapters run side by side, one process each, sharing one cluster; the pages that read
+the others' records run after them. Ray is the optional extra ``pip install -e '.[cluster]'``.
+
+    python scripts/execute.py --all --scale paper --device cuda --executor ray:auto
+
 Every file is written whole (`gradguess.engine.files`): a full disk leaves the previous
 notebook and ledger as they were. Two executions of one chapter at one scale (two terminals)
 take turns: the second waits for the first, then reads its runs from the store. A chapter
@@ -33,6 +40,7 @@ import errno
 import json
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +50,7 @@ import jupytext
 import nbformat
 import papermill
 
+from gradguess.book import cluster
 from gradguess.book.scales import SCALES
 from gradguess.engine import files
 
@@ -223,6 +232,11 @@ def main():
     parser.add_argument("--compile", choices=["auto", "on", "off"], default=None,
                         help="compile the stacks' steps (sets GRADGUESS_COMPILE; default auto: "
                              "on a GPU, not on a CPU)")
+    parser.add_argument("--executor", default=None,
+                        help="where a grid's missed chunks are computed (sets GRADGUESS_EXECUTOR): "
+                             "local (default), ray (the cluster RAY_ADDRESS names, else a new "
+                             "one on this machine) or ray:ADDRESS (a running cluster); with Ray "
+                             "the chapters run side by side, sharing the cluster")
     parser.add_argument("--small-executions", action="store_true",
                         help="print the committed small-scale executions (what CI re-executes)")
     parser.add_argument("--promote-only", action="store_true",
@@ -242,6 +256,18 @@ def main():
         names = [n for n in names if (RUNS / args.scale / f"{n}.ipynb").exists()]
         if not names:
             parser.error(f"no runs in book/runs/{args.scale}/ to promote")
+    if args.executor:
+        try:
+            kind, address = cluster.parse(args.executor)
+            if kind == "ray":
+                cluster.require_ray()
+        except cluster.ClusterError as error:
+            parser.error(str(error))
+        os.environ["GRADGUESS_EXECUTOR"] = args.executor
+        writers = [n for n in names if n not in READERS]
+        if kind == "ray" and len(writers) > 1 and not args.promote_only:
+            side_by_side(writers, address, args)
+            names = [n for n in names if n in READERS]
     for name in sorted(names, key=_order):  # readers last
         try:
             with lock(name, args.scale):
@@ -252,6 +278,27 @@ def main():
             if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
                 raise
             sys.exit(f"{name}: {error}")
+
+
+def side_by_side(chapters: list[str], address: str | None, args) -> None:
+    """Execute ``chapters`` as processes side by side (this script, one chapter each), all
+    joined to one Ray cluster: the one at ``address``, else one this process starts and keeps
+    until they end. Each process's own work (what is not a chunk) runs on a GPU of its own
+    where there are several. Exits naming the chapters that failed."""
+    ray = cluster.connect(address)
+    env = dict(os.environ, GRADGUESS_EXECUTOR=f"ray:{ray.get_runtime_context().gcs_address}")
+    import torch
+    gpus = torch.cuda.device_count() if "CUDA_VISIBLE_DEVICES" not in os.environ else 0
+    options = ["--scale", args.scale, "--device", args.device, "--seed", str(args.seed)]
+    options += ["--dataset", args.dataset] if args.dataset else []
+    print(f"executing {', '.join(chapters)} side by side on {cluster.in_words(cluster.RayExecutor(address))}")
+    processes = {}
+    for i, name in enumerate(chapters):
+        own = dict(env, CUDA_VISIBLE_DEVICES=str(i % gpus)) if gpus > 1 else env
+        processes[name] = subprocess.Popen([sys.executable, __file__, name, *options], env=own)
+    failed = [name for name, process in processes.items() if process.wait() != 0]
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)} (each said why above)")
 
 
 if __name__ == "__main__":

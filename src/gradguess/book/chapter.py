@@ -10,14 +10,16 @@ and closes with ``chapter.close()`` (publish the ledger, show it), ``chapter.ver
 (the line per claim that CI compares) and ``chapter.provenance()`` (where, how and from which
 code it ran, with every setting).
 """
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 
 import pandas as pd
 import torch
 
-from . import plotting
+from . import cluster, plotting
 from .store import CACHE_STATS, Store, records_folder
 from ..core.data import DataNotFoundError, Dataset, load_dataset
 from .ledger import Claim, Ledger
@@ -37,6 +39,7 @@ class Chapter:
     seed: int
     dataset: str | None
     cache: str | None = None  # folder of cached runs (None: $GRADGUESS_CACHE or the default)
+    executor: object = None  # where missed chunks are computed (`cluster`; None: here)
     data: Dataset | None = None
     datasets: dict = field(default_factory=dict)  # every dataset loaded, for provenance
     started: float = field(default_factory=time.perf_counter)
@@ -63,7 +66,8 @@ class Chapter:
     def store(self) -> Store:
         """The run store: the local folder ``cache``, and at a scale other than small the
         committed records in book/runs/<scale>/records/ (`gradguess.book.store`)."""
-        return Store(self.cache, records=records_folder(self.scale.name), commit=git_commit())
+        return Store(self.cache, records=records_folder(self.scale.name), commit=git_commit(),
+                     executor=self.executor)
 
     def load_found(self, names) -> dict:
         """{name: dataset} of those of ``names`` found on this machine, each loaded as `load`
@@ -80,6 +84,16 @@ class Chapter:
         """``fn(*args, **kwargs)``, computed once: keyed by the call and the code it reaches
         (`gradguess.book.store`)."""
         return self.store.call(fn, *args, **kwargs)
+
+    def side_by_side(self, fn, items) -> list:
+        """``[fn(item) for item in items]`` for independent items (each its own cached calls):
+        with the Ray executor, in threads of this process, so that the chunks of all of them
+        are on the cluster at once; else one after another."""
+        items = list(items)
+        if self.executor is None or len(items) < 2:
+            return [fn(item) for item in items]
+        with ThreadPoolExecutor(len(items)) as pool:
+            return list(pool.map(fn, items))
 
     def glue(self, **values) -> None:
         """Name values for the text (``{glue:text}`name```), without showing them here."""
@@ -112,7 +126,8 @@ class Chapter:
             dataset=dataset or ", ".join(self.datasets) or "none: this page loads no data",
             data_source=source or "; ".join(self.datasets.values()), seed=self.seed,
             started=self.started, settings=asdict(self.settings), chapter=self.name,
-            extra={"runs computed / read from the cache": f"{computed} / {read}"})
+            extra={"runs computed / read from the cache": f"{computed} / {read}",
+                   "executor": cluster.in_words(self.executor)})
         return pd.Series(record, name="provenance").to_frame()
 
 
@@ -126,7 +141,8 @@ def start(name: str, *, scale: str = "small", device: str = "auto", dataset: str
         raise ValueError(f"seed must be an integer, got {seed!r}")
     run_scale = get_scale(scale)
     chapter = Chapter(name, run_scale, chapter_settings(name, run_scale.name),
-                      resolve_device(device), seed, dataset, cache)
+                      resolve_device(device), seed, dataset, cache,
+                      cluster.from_setting(os.environ.get("GRADGUESS_EXECUTOR"), name))
     plotting.set_style()
     pd.set_option("display.max_colwidth", None)  # a ledger's text whole, never cut to "..."
     # TF32 matmuls on a GPU only where a chapter's settings allow it (what it measures is

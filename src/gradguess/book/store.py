@@ -446,17 +446,52 @@ def _set_aside(damaged: files.DamagedFileError) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
+class Entry:
+    """Where one call is kept: its key and hash, the local files' stem (``.json``, ``.pt``,
+    ``.ckpt.pt``, ``.lock``) and the committed record's path (None: none kept)."""
+    fn: Callable
+    key: dict
+    digest: str
+    stem: Path
+    record: Path | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.fn.__name__} ({self.digest})"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.stem.with_name(f"{self.stem.name}.ckpt.pt")
+
+    @property
+    def lock(self) -> Path:
+        return self.stem.with_suffix(".lock")
+
+
+@dataclasses.dataclass(frozen=True)
 class Store:
     """Where calls are stored: ``folder`` (None: ``$GRADGUESS_CACHE`` or the default) locally,
     and ``records``, where given, the committed records (`records_folder`), read first and
-    written for every JSON-serialisable result; ``commit`` is the git commit records name."""
+    written for every JSON-serialisable result; ``commit`` is the git commit records name.
+    ``executor`` computes a grid's missed chunks (`calls`): None, one after another here; a
+    `gradguess.book.cluster.RayExecutor`, side by side on a Ray cluster."""
     folder: str | Path | None = None
     records: Path | None = None
     commit: str = "unknown"
+    executor: object = None
 
-    def _read(self, key: dict, as_json: Path, as_tensors: Path, record: Path | None):
+    def entry(self, fn: Callable, args: tuple, kwargs: dict) -> Entry:
+        """The `Entry` of ``fn(*args, **kwargs)``."""
+        key = call_key(fn, args, kwargs)
+        digest = key_hash(key)
+        record = None if self.records is None else Path(self.records) / f"{fn.__name__}-{digest}.json"
+        return Entry(fn, key, digest, cache_dir(self.folder) / digest, record)
+
+    def read(self, entry: Entry):
         """(True, result) if the call is stored whole, else (False, None). A damaged
         committed record raises; a damaged local file is set aside."""
+        key, record = entry.key, entry.record
+        as_json, as_tensors = entry.stem.with_suffix(".json"), entry.stem.with_suffix(".pt")
         if record is not None and record.exists():
             try:
                 result = read_record(record, key)
@@ -484,45 +519,49 @@ class Store:
     def call(self, fn: Callable, /, *args, **kwargs):
         """``fn(*args, **kwargs)``, read back if stored, else computed (resuming from this
         call's checkpoint, if an earlier attempt left one) and stored."""
-        key = call_key(fn, args, kwargs)
-        digest = key_hash(key)
-        stem = cache_dir(self.folder) / digest
-        as_json, as_tensors = stem.with_suffix(".json"), stem.with_suffix(".pt")
-        record = None if self.records is None else Path(self.records) / f"{fn.__name__}-{digest}.json"
-        stored, result = self._read(key, as_json, as_tensors, record)
+        entry = self.entry(fn, args, kwargs)
+        stored, result = self.read(entry)
         if stored:
             return result
-        name = f"{fn.__name__} ({digest})"
-        with files.locked(stem.with_suffix(".lock"),
-                          waiting=f"run store: another process is computing {name}; waiting for it"):
-            stored, result = self._read(key, as_json, as_tensors, record)  # it may have finished
+        with files.locked(entry.lock, waiting=f"run store: another process is computing "
+                                              f"{entry.name}; waiting for it"):
+            stored, result = self.read(entry)  # it may have finished
             if stored:
                 return result
-            return self._compute(fn, args, kwargs, key, stem, record)
+            started = time.perf_counter()
+            with checkpoints.saving_to(entry.checkpoint, store_call=self.call,
+                                       store_calls=self.calls_within(entry)):
+                result = fn(*args, **kwargs)
+            return self.write(entry, result, time.perf_counter() - started)
 
-    def calls(self, fn: Callable, calls: list) -> list:
+    def calls(self, fn: Callable, calls: list, within: Entry | None = None) -> list:
         """``[fn(*args, **kwargs) for args, kwargs in calls]``, each stored on its own (a
-        grid's chunks, `checkpoints.chunks`): one after another."""
-        return [self.call(fn, *args, **kwargs) for args, kwargs in calls]
+        grid's chunks, `checkpoints.chunks`, of the call ``within``): one after another, or
+        side by side by the ``executor``."""
+        if self.executor is None:
+            return [self.call(fn, *args, **kwargs) for args, kwargs in calls]
+        return self.executor.calls(self, fn, calls, within)
 
-    def _compute(self, fn, args, kwargs, key, stem: Path, record: Path | None):
-        as_json, as_tensors = stem.with_suffix(".json"), stem.with_suffix(".pt")
-        progress = stem.with_name(f"{stem.name}.ckpt.pt")
-        started = time.perf_counter()
-        with checkpoints.saving_to(progress, store_call=self.call, store_calls=self.calls):
-            result = fn(*args, **kwargs)
-        seconds = time.perf_counter() - started
+    def calls_within(self, entry: Entry) -> Callable:
+        """`calls` for the chunks of the call ``entry`` computes (its errors name it)."""
+        return lambda fn, calls: self.calls(fn, calls, within=entry)
+
+    def write(self, entry: Entry, result, seconds: float):
+        """Store ``result`` of ``entry``'s call (computed in ``seconds``), delete the call's
+        checkpoint, and return the result as a later read gives it."""
+        as_json, as_tensors = entry.stem.with_suffix(".json"), entry.stem.with_suffix(".pt")
         CACHE_STATS["computed"] += 1
         text = _as_json(result)
         if text is None:
-            files.save_checked({"key": json.dumps(key, sort_keys=True), "result": result},
+            files.save_checked({"key": json.dumps(entry.key, sort_keys=True), "result": result},
                                as_tensors)
         else:  # the local file is the record too, so that it can be committed as it is
-            body = record_of(fn, key, commit=self.commit, seconds=seconds, result_json=text)
-            for path in (as_json, record) if record is not None else (as_json,):
+            body = record_of(entry.fn, entry.key, commit=self.commit, seconds=seconds,
+                             result_json=text)
+            for path in (as_json, entry.record) if entry.record is not None else (as_json,):
                 files.write_atomically(path, body)
             result = json.loads(text)  # as a later read gives it: lists for tuples, str keys
-        progress.unlink(missing_ok=True)
+        entry.checkpoint.unlink(missing_ok=True)
         return result
 
 

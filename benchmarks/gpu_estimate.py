@@ -2,7 +2,7 @@
 counted here (on any machine) and two constants measured on a GPU.
 
     python benchmarks/gpu_estimate.py [--scales gpu paper] [--us-per-op 17] [--tflops 30]
-        [--us-per-replay 20] [--us-per-kernel 2.5]
+        [--us-per-replay 20] [--us-per-kernel 2.5] [--json benchmarks/results/gpu_estimate.json]
 
 For each workload the script runs the package's own function twice on synthetic data of the
 chapter's shapes, with two step counts, and counts what one more step costs: the aten
@@ -32,8 +32,19 @@ TF32 for the chapters that allow it. Multiplied by each chapter's step counts (f
 `gradguess.book.settings`), this gives an estimate, not a measurement: on a GPU, run the chapters.
 Parts of chapters left out (plots, probes outside training loops, the cost chapter's own timing
 loops) are listed in the output as such.
+
+Each workload is one stored call of its chapter (a grid's stack, a training run): one task for
+a Ray cluster (`gradguess.book.cluster`). Its ``stage`` says what may run at once: a chapter's
+workloads of one stage side by side (`Chapter.side_by_side`), its stages one after another.
+``--json`` writes the rows with their stages, the constants, and the package code they were
+counted with (its modules and their hash, as the run store keys runs): the cost chapter
+simulates the paper scale on many GPUs from them (`gradguess.analysis.schedule`).
 """
 import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
 from unittest import mock
 
 import torch
@@ -156,13 +167,13 @@ def single_step(method, depth, width, counted=16):
 
 
 def estimate(scale: str, us_per_op: float, tflops: float, us_per_replay: float = 20.0,
-             us_per_kernel: float = 2.5) -> list[tuple[str, str, float, float, str]]:
-    """Rows (chapter, workload, seconds eager, seconds with compiled steps, basis) at
-    ``scale``."""
+             us_per_kernel: float = 2.5) -> list[tuple[str, str, float, float, str, str]]:
+    """Rows (chapter, workload, seconds eager, seconds with compiled steps, basis, stage) at
+    ``scale``; a chapter's rows of one stage run side by side on a cluster."""
     rows = []
     steps_per_epoch = FULL_TRAIN // 128
 
-    def add(chapter, workload, steps, step_cost, rate=tflops, note=""):
+    def add(chapter, workload, steps, step_cost, rate=tflops, note="", stage=None):
         ops, flops = step_cost[:2]
         arithmetic = flops / (rate * 1e12)
         seconds = steps * (ops * us_per_op * 1e-6 + arithmetic)
@@ -174,7 +185,7 @@ def estimate(scale: str, us_per_op: float, tflops: float, us_per_replay: float =
                              + c["kernels"] * us_per_kernel * 1e-6 + arithmetic)
             basis += (f"; compiled: {host:.0f} host ops ({c['draw ops']} drawing), "
                       f"{c['graphs']} graphs of {c['kernels']} kernels")
-        rows.append((chapter, workload, seconds, after, basis + note))
+        rows.append((chapter, workload, seconds, after, basis + note, stage or workload))
 
     A = chapter_settings("architecture", scale)
     guessed = ["directional", "activation_perturbation", "activation_mixing", "w_transpose",
@@ -221,7 +232,8 @@ def estimate(scale: str, us_per_op: float, tflops: float, us_per_replay: float =
         table = [Run(m, k, 1e-3, optimizer[m], dataset=name) for name in ("fashion", "mnist")
                  for m in methods for k in range(T.seeds)]
         add("training", f"Table 1 {depth}x{width}, a stack of {len(table)}",
-            T.epochs * steps_per_epoch, mlp_grid_step(table, depth, width, datasets=2), rate)
+            T.epochs * steps_per_epoch, mlp_grid_step(table, depth, width, datasets=2), rate,
+            stage="Table 1")  # the architectures side by side
 
     B = chapter_settings("bias", scale)
     compared = [("matched_cosine", {"cosine": 0.05}), ("w_transpose", None), ("backprop", None)]
@@ -302,8 +314,34 @@ def estimate(scale: str, us_per_op: float, tflops: float, us_per_replay: float =
         P.batch_size)
     for task in ("second task", "inverted task"):
         add("prompt_tuning", f"{task}: stack of {len(grid_runs)}", P.steps, stack,
-            note=" (test accuracy every eval_every steps not counted)")
+            note=" (test accuracy every eval_every steps not counted)", stage="tasks")
     return rows
+
+
+# the package modules `estimate` runs: the code its counts depend on
+COUNTED = ["gradguess.analysis.along_backprop", "gradguess.analysis.subspaces",
+           "gradguess.book.settings", "gradguess.core.data", "gradguess.core.estimators",
+           "gradguess.core.models", "gradguess.core.prompts", "gradguess.engine.grid",
+           "gradguess.engine.mixer_grid", "gradguess.engine.pretraining",
+           "gradguess.engine.prompt_stack", "gradguess.engine.stack", "gradguess.engine.step",
+           "gradguess.engine.training"]
+
+
+def as_json(rows, scale: str, args) -> dict:
+    """The rows of ``scale`` with the constants, the command and the code they were counted
+    with (`gradguess.book.store.reach_of`, `reach_fingerprint`)."""
+    from gradguess.book.store import reach_fingerprint, reach_of
+    modules = reach_of(COUNTED)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    return {"scale": scale, "command": "python " + " ".join(["benchmarks/gpu_estimate.py", *sys.argv[1:]]),
+            "git commit": commit, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "us per op": args.us_per_op, "TFLOP/s": args.tflops,
+            "us per replay": args.us_per_replay, "us per kernel": args.us_per_kernel,
+            "code": {"modules": modules, "fingerprint": reach_fingerprint(modules)},
+            "rows": [{"chapter": c, "workload": w, "stage": stage, "eager (s)": round(e, 3),
+                      "compiled (s)": round(a, 3), "basis": basis}
+                     for c, w, e, a, basis, stage in rows]}
 
 
 def main():
@@ -313,6 +351,9 @@ def main():
     parser.add_argument("--tflops", type=float, default=30.0)
     parser.add_argument("--us-per-replay", type=float, default=20.0)
     parser.add_argument("--us-per-kernel", type=float, default=2.5)
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the rows of the last scale (with their stages and the "
+                             "code they were counted with) to this file")
     args = parser.parse_args()
     torch.set_num_threads(1)
     for scale in args.scales:
@@ -323,7 +364,7 @@ def main():
               f"{args.us_per_kernel:g} us per kernel in a graph")
         print(f"{'chapter':16s}{'workload':44s}{'eager':>9s}{'compiled':>10s}")
         totals = {}
-        for chapter, workload, seconds, after, basis in rows:
+        for chapter, workload, seconds, after, basis, _ in rows:
             before_total, after_total = totals.get(chapter, (0, 0))
             totals[chapter] = (before_total + seconds, after_total + after)
             print(f"{chapter:16s}{workload:44s}{seconds:8.0f} s{after:8.0f} s   {basis}")
@@ -332,6 +373,10 @@ def main():
         before, after = (sum(t[k] for t in totals.values()) for k in (0, 1))
         print(f"{'the book':16s}{'total':44s}{before:8.0f} s{after:8.0f} s   "
               f"({before / 60:.1f} -> {after / 60:.1f} minutes)")
+        if args.json is not None and scale == args.scales[-1]:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(as_json(rows, scale, args), indent=1) + "\n")
+            print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

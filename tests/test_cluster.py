@@ -132,16 +132,34 @@ def piece(i):
 
 
 def pieces(n):
-    return checkpoints.chunks(piece, [((i,), {}) for i in range(n)])
+    return [p["square"] for p in checkpoints.chunks(piece, [((i,), {}) for i in range(n)])]
 
 
 def test_a_chunk_that_raises_names_the_chapter_the_call_and_the_chunk():
+    store = Store(executor=cluster.RayExecutor(chapter="training"))
     with pytest.raises(cluster.ChunkError) as raised:
-        Store(executor=cluster.RayExecutor(chapter="training")).call(pieces, 3)
+        store.calls(piece, [((i,), {}) for i in range(3)], within=store.entry(pieces, (3,), {}))
     message = str(raised.value)
     assert message.startswith("training: chunk 2 of 3, piece (")
     assert "of the call pieces (" in message
-    assert "ValueError: piece 1 cannot be computed" in message
+    assert message.endswith("ValueError: piece 1 cannot be computed")
+    with pytest.raises(cluster.ChunkError, match=r"^training: the call pieces \(\w+\) failed "
+                                                 r"on the Ray cluster: ValueError: piece 1"):
+        store.call(pieces, 3)  # not a grid: one task, its chunks computed in turn there
+
+
+def square(x):
+    return {"square": (x * x).tolist(), "pid": os.getpid()}
+
+
+def test_a_call_that_is_not_a_grid_is_one_task_stored_once():
+    store = Store(executor=cluster.RayExecutor(chapter="test"))
+    x = torch.arange(3.0)
+    computed = CACHE_STATS["computed"]
+    result = store.call(square, x)
+    assert result["square"] == [0.0, 1.0, 4.0] and result["pid"] != os.getpid()  # a worker's
+    assert store.call(square, x) == result and CACHE_STATS["computed"] == computed + 1
+    assert store.executor.computes_here(train_grid, {})
 
 
 def test_a_worker_with_other_code_refuses_the_chunk():

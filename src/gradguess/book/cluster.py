@@ -8,7 +8,9 @@
   cluster's (``auto``, or ``HOST:6379`` as ``ray start --head`` prints it); without one, the
   cluster ``RAY_ADDRESS`` names, else a new cluster on this machine.
 
-With Ray (`RayExecutor.calls`):
+With Ray, a call the store misses is computed on the cluster as one task, unless it hands its
+chunks to the store (`HANDS_OUT_CHUNKS`: a grid); then it runs in the chapter's process and its
+chunks are the tasks. In both cases (`RayExecutor.calls`):
 
 - a chunk the store holds is read back. Every chunk it misses, and that no other process is
   computing (its lock, `Entry.lock`, is free), is submitted as a Ray task, with one GPU where
@@ -40,6 +42,13 @@ import torch
 from ..engine import checkpoints, files
 
 EXECUTORS = ("local", "ray", "ray:ADDRESS")
+# Calls that hand their chunks to the store (`checkpoints.chunks`), by the keyword arguments
+# they are called with: computed in the chapter's process, each of their chunks a task.
+HANDS_OUT_CHUNKS = {
+    "gradguess.engine.grid.train_grid": lambda kwargs: True,
+    "gradguess.engine.mixer_grid.train_mixer_stack":
+        lambda kwargs: kwargs.get("max_replicates") is not None,
+}
 
 
 class ClusterError(RuntimeError):
@@ -143,6 +152,12 @@ class RayExecutor:
     chapter: str = "?"
     max_retries: int = 3
 
+    def computes_here(self, fn, kwargs: dict) -> bool:
+        """Whether a call of ``fn`` with ``kwargs`` runs in this process, its chunks on the
+        cluster (`HANDS_OUT_CHUNKS`), rather than as one task."""
+        hands_out = HANDS_OUT_CHUNKS.get(f"{fn.__module__}.{fn.__qualname__}")
+        return hands_out is not None and hands_out(kwargs)
+
     def setting(self, key: dict) -> dict:
         """What a task needs to compute a chunk as this process does."""
         from ..engine import step
@@ -152,7 +167,7 @@ class RayExecutor:
     def calls(self, store, fn, calls: list, within=None) -> list:
         """``[fn(*args, **kwargs) for args, kwargs in calls]`` through ``store``, the misses
         computed on the cluster side by side; ``within``: the `Entry` of the call they are
-        chunks of."""
+        chunks of (None: each is a call of the chapter's)."""
         ray = connect(self.address)
         remote = _remote(ray, self.max_retries)
         entries = [store.entry(fn, args, kwargs) for args, kwargs in calls]
@@ -206,7 +221,7 @@ class RayExecutor:
     def _failed(self, error, entry, i: int, n: int, within) -> ChunkError:
         cause = getattr(error, "cause", None) or error
         what = str(cause).strip().splitlines()
-        return ChunkError(
-            f"{self.chapter}: chunk {i + 1} of {n}, {entry.name}, of the call "
-            f"{within.name if within is not None else '(none)'} failed on the Ray cluster: "
-            f"{type(cause).__name__}: {what[-1] if what else ''}")
+        which = (f"chunk {i + 1} of {n}, {entry.name}, of the call {within.name}"
+                 if within is not None else f"the call {entry.name}")
+        return ChunkError(f"{self.chapter}: {which} failed on the Ray cluster: "
+                          f"{type(cause).__name__}: {what[-1] if what else ''}")

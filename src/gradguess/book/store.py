@@ -473,8 +473,9 @@ class Store:
     """Where calls are stored: ``folder`` (None: ``$GRADGUESS_CACHE`` or the default) locally,
     and ``records``, where given, the committed records (`records_folder`), read first and
     written for every JSON-serialisable result; ``commit`` is the git commit records name.
-    ``executor`` computes a grid's missed chunks (`calls`): None, one after another here; a
-    `gradguess.book.cluster.RayExecutor`, side by side on a Ray cluster."""
+    ``executor`` computes missed calls: None, here (a grid's chunks, `calls`, one after
+    another); a `gradguess.book.cluster.RayExecutor`, on a Ray cluster (a grid's chunks side
+    by side, any other call as one task)."""
     folder: str | Path | None = None
     records: Path | None = None
     commit: str = "unknown"
@@ -519,6 +520,9 @@ class Store:
     def call(self, fn: Callable, /, *args, **kwargs):
         """``fn(*args, **kwargs)``, read back if stored, else computed (resuming from this
         call's checkpoint, if an earlier attempt left one) and stored."""
+        if self.executor is not None and not checkpoints.active() \
+                and not self.executor.computes_here(fn, kwargs):
+            return self.executor.calls(self, fn, [(args, kwargs)])[0]  # one task
         entry = self.entry(fn, args, kwargs)
         stored, result = self.read(entry)
         if stored:

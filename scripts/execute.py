@@ -264,10 +264,16 @@ def main():
         except cluster.ClusterError as error:
             parser.error(str(error))
         os.environ["GRADGUESS_EXECUTOR"] = args.executor
-        writers = [n for n in names if n not in READERS]
-        if kind == "ray" and len(writers) > 1 and not args.promote_only:
-            side_by_side(writers, address, args)
-            names = [n for n in names if n in READERS]
+        if kind == "ray" and not args.promote_only:
+            # this process joins (or starts) the cluster and keeps it: the chapters' kernels
+            # join it by its address, and leave it quickly when they end
+            ray = cluster.connect(address)
+            os.environ["GRADGUESS_EXECUTOR"] = f"ray:{ray.get_runtime_context().gcs_address}"
+            print(f"executor: {cluster.in_words(cluster.RayExecutor(address))}")
+            writers = [n for n in names if n not in READERS]
+            if len(writers) > 1:
+                side_by_side(writers, args)
+                names = [n for n in names if n in READERS]
     for name in sorted(names, key=_order):  # readers last
         try:
             with lock(name, args.scale):
@@ -280,22 +286,21 @@ def main():
             sys.exit(f"{name}: {error}")
 
 
-def side_by_side(chapters: list[str], address: str | None, args) -> None:
+def side_by_side(chapters: list[str], args) -> None:
     """Execute ``chapters`` as processes side by side (this script, one chapter each), all
-    joined to one Ray cluster: the one at ``address``, else one this process starts and keeps
-    until they end. Each process's own work (what is not a chunk) runs on a GPU of its own
-    where there are several. Exits naming the chapters that failed."""
-    ray = cluster.connect(address)
-    env = dict(os.environ, GRADGUESS_EXECUTOR=f"ray:{ray.get_runtime_context().gcs_address}")
+    joined to the cluster ``GRADGUESS_EXECUTOR`` names. Where there are several GPUs, each
+    process's own work (what is not a task on the cluster) runs on a GPU of its own. Exits
+    naming the chapters that failed."""
     import torch
     gpus = torch.cuda.device_count() if "CUDA_VISIBLE_DEVICES" not in os.environ else 0
     options = ["--scale", args.scale, "--device", args.device, "--seed", str(args.seed)]
     options += ["--dataset", args.dataset] if args.dataset else []
-    print(f"executing {', '.join(chapters)} side by side on {cluster.in_words(cluster.RayExecutor(address))}")
+    options += ["--compile", args.compile] if args.compile else []
+    print(f"executing {', '.join(chapters)} side by side")
     processes = {}
     for i, name in enumerate(chapters):
-        own = dict(env, CUDA_VISIBLE_DEVICES=str(i % gpus)) if gpus > 1 else env
-        processes[name] = subprocess.Popen([sys.executable, __file__, name, *options], env=own)
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(i % gpus)) if gpus > 1 else None
+        processes[name] = subprocess.Popen([sys.executable, __file__, name, *options], env=env)
     failed = [name for name, process in processes.items() if process.wait() != 0]
     if failed:
         sys.exit(f"failed: {', '.join(failed)} (each said why above)")

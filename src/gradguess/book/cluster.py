@@ -31,6 +31,7 @@ Ray is an optional extra (``pip install -e '.[cluster]'``); asking for it withou
 `ClusterError`, which says how to install it.
 """
 import os
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -80,10 +81,15 @@ def require_ray():
     return ray
 
 
+_JOINING = threading.Lock()  # a chapter's calls side by side (threads) join once
+
+
 def connect(address: str | None = None):
     """This process joined to the cluster at ``address`` (see the module's docstring), once."""
     ray = require_ray()
-    if not ray.is_initialized():
+    with _JOINING:
+        if ray.is_initialized():
+            return ray
         try:
             ray.init(address=address, include_dashboard=False, logging_level="warning",
                      log_to_driver=True)
@@ -203,6 +209,7 @@ class RayExecutor:
                 try:
                     result, seconds = ray.get(done[0])
                 except ray.exceptions.RayError as error:
+                    self._store_finished(ray, store, pending, entries, locks)
                     raise self._failed(error, entries[i], i, len(calls), within) from error
                 results[i] = store.write(entries[i], result, seconds)  # as it arrives
                 locks.pop(i).close()
@@ -217,6 +224,20 @@ class RayExecutor:
             args, kwargs = calls[i]
             results[i] = store.call(fn, *args, **kwargs)
         return results
+
+    @staticmethod
+    def _store_finished(ray, store, pending: dict, entries: list, locks: dict) -> None:
+        """Store the chunks that have finished beside one that failed: kept for next time."""
+        if not pending:
+            return
+        finished, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+        for ref in finished:
+            i = pending.pop(ref)
+            try:
+                store.write(entries[i], *ray.get(ref))
+            except ray.exceptions.RayError:
+                pass  # failed too: the first failure is the one reported
+            locks.pop(i).close()
 
     def _failed(self, error, entry, i: int, n: int, within) -> ChunkError:
         cause = getattr(error, "cause", None) or error

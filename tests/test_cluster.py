@@ -23,7 +23,7 @@ from gradguess.book.scales import get_scale
 from gradguess.book.settings import chapter_settings
 from gradguess.book.store import CACHE_STATS, Store
 from gradguess.core.data import Dataset
-from gradguess.engine import checkpoints
+from gradguess.engine import checkpoints, files
 from gradguess.engine.grid import Run, train_grid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,6 +160,29 @@ def test_a_call_that_is_not_a_grid_is_one_task_stored_once():
     assert result["square"] == [0.0, 1.0, 4.0] and result["pid"] != os.getpid()  # a worker's
     assert store.call(square, x) == result and CACHE_STATS["computed"] == computed + 1
     assert store.executor.computes_here(train_grid, {})
+
+
+def test_a_call_another_process_is_computing_is_waited_for_and_read_not_computed(capsys):
+    store = Store(executor=cluster.RayExecutor(chapter="test"))
+    x = torch.arange(4.0)
+    entry = store.entry(square, (x,), {})
+    locked = threading.Event()
+
+    def another_process():  # its own lock file handle: flock tells it apart as it would a process
+        with files.locked(entry.lock):
+            locked.set()
+            time.sleep(2)
+            store.write(entry, square(x), 2.0)
+
+    other = threading.Thread(target=another_process)
+    other.start()
+    locked.wait()
+    computed = CACHE_STATS["computed"]
+    result = store.call(square, x)
+    other.join()
+    assert result["pid"] == os.getpid()  # the other's result, computed here, not a worker's
+    assert CACHE_STATS["computed"] == computed + 1  # the other's write only
+    assert "another process is computing square (" in capsys.readouterr().err
 
 
 def test_a_worker_with_other_code_refuses_the_chunk():

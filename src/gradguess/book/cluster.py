@@ -220,9 +220,12 @@ class RayExecutor:
         finally:
             for lock in locks.values():
                 lock.close()
-        for i in elsewhere:
-            args, kwargs = calls[i]
-            results[i] = store.call(fn, *args, **kwargs)
+        for i in elsewhere:  # wait for the other process; read its result (or compute it
+            # here, on the cluster, if that process stopped without storing it)
+            with files.locked(entries[i].lock, waiting=f"run store: another process is "
+                                                        f"computing {entries[i].name}; waiting for it"):
+                pass
+            results[i] = self.calls(store, fn, [calls[i]], within)[0]
         return results
 
     @staticmethod
